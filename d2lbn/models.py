@@ -1,0 +1,64 @@
+"""LeNet with batch normalisation, and the variants the notebooks compare."""
+
+from __future__ import annotations
+
+from typing import Callable, Union
+
+from mxnet.gluon import nn
+
+from .layers import BatchNorm, HybridBatchNorm
+
+NormFactory = Callable[[int, int], nn.Block]
+Norm = Union[str, None, NormFactory]
+
+
+def norm_factory(norm: Norm) -> NormFactory | None:
+    """Turn ``'scratch' | 'hybrid' | 'gluon' | None | callable`` into a layer factory."""
+    if norm is None:
+        return None
+    if callable(norm):
+        return norm
+    factories = {
+        "scratch": lambda c, d: BatchNorm(c, num_dims=d),
+        "hybrid": lambda c, d: HybridBatchNorm(c, num_dims=d),
+        "gluon": lambda c, d: nn.BatchNorm(in_channels=c),
+    }
+    if norm not in factories:
+        raise ValueError(f"norm must be one of {sorted(factories)}, None or a callable "
+                         f"(num_features, num_dims) -> Block; got {norm!r}")
+    return factories[norm]
+
+
+def lenet(norm: Norm = "scratch", placement: str = "before", activation: str = "sigmoid",
+          dropout: float = 0.0, use_bias: bool = True, norm_conv: bool = True,
+          norm_dense: bool = True) -> nn.Sequential:
+    """The chapter's LeNet: BN between each conv/dense layer and its activation.
+
+    ``placement='after'`` puts BN after the activation instead; ``dropout`` adds
+    Dropout after the two hidden dense layers; ``use_bias=False`` drops the bias
+    that BN's beta makes redundant; ``norm_conv``/``norm_dense`` choose where BN goes.
+    """
+    if placement not in ("before", "after"):
+        raise ValueError(f"placement must be 'before' or 'after', got {placement!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+    make_norm = norm_factory(norm)
+    # Gluon's own layers compile into one graph; the scratch Blocks cannot
+    net = nn.HybridSequential() if norm in (None, "gluon") else nn.Sequential()
+
+    def stage(layer, channels, num_dims, with_norm, drop=0.0):
+        act = nn.Activation(activation)
+        bn = make_norm(channels, num_dims) if make_norm and with_norm else None
+        parts = [layer, bn, act] if placement == "before" else [layer, act, bn]
+        net.add(*[p for p in parts if p is not None])
+        if drop:
+            net.add(nn.Dropout(drop))
+
+    stage(nn.Conv2D(6, kernel_size=5, use_bias=use_bias), 6, 4, norm_conv)
+    net.add(nn.MaxPool2D(pool_size=2, strides=2))
+    stage(nn.Conv2D(16, kernel_size=5, use_bias=use_bias), 16, 4, norm_conv)
+    net.add(nn.MaxPool2D(pool_size=2, strides=2))
+    stage(nn.Dense(120, use_bias=use_bias), 120, 2, norm_dense, dropout)
+    stage(nn.Dense(84, use_bias=use_bias), 84, 2, norm_dense, dropout)
+    net.add(nn.Dense(10))
+    return net

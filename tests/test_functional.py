@@ -1,0 +1,117 @@
+"""d2lbn.batch_norm against MXNet's fused operator and a float64 NumPy reference."""
+
+import numpy as onp
+import pytest
+from mxnet import autograd, np, npx
+
+import d2lbn
+from d2lbn.functional import channel_axes
+
+SHAPES = [(8, 5), (6, 4, 7), (4, 3, 5, 6), (3, 2, 3, 4, 5)]
+EPS, MOMENTUM = 1e-5, 0.9
+TOL = dict(rtol=1e-4, atol=1e-4)
+
+
+def param_shape(shape):
+    return (1, shape[1]) + (1,) * (len(shape) - 2)
+
+
+def random_inputs(shape):
+    """Input with per-channel offset and scale, and non-trivial parameters."""
+    rng = onp.random.default_rng(len(shape))
+    X = rng.normal(1.5, 2.0, size=shape) * rng.uniform(0.5, 3, size=param_shape(shape))
+    gamma = rng.uniform(0.5, 2.0, size=param_shape(shape))
+    beta = rng.normal(size=param_shape(shape))
+    mean = rng.normal(size=param_shape(shape))
+    var = rng.uniform(0.5, 2.0, size=param_shape(shape))
+    head = rng.normal(size=shape)  # upstream gradient, so that dX is not trivially 0
+    return [np.array(a, dtype="float32") for a in (X, gamma, beta, mean, var, head)]
+
+
+def ours(X, gamma, beta, mean, var, head, training=True):
+    for a in (X, gamma, beta):
+        a.attach_grad()
+    with autograd.record(train_mode=training):
+        Y, new_mean, new_var = d2lbn.batch_norm(X, gamma, beta, mean, var, EPS, MOMENTUM)
+    Y.backward(head)
+    return Y, X.grad, gamma.grad, beta.grad, new_mean, new_var
+
+
+def reference(X, gamma, beta, mean, var, head, training=True):
+    """MXNet's fused BatchNorm; it updates its running statistics in backward."""
+    X, gamma, beta = X.copy(), gamma.copy(), beta.copy()
+    mean, var = mean.reshape(-1).copy(), var.reshape(-1).copy()
+    for a in (X, gamma, beta):
+        a.attach_grad()
+    with autograd.record(train_mode=training):
+        Y = npx.batch_norm(X, gamma.reshape(-1), beta.reshape(-1), mean, var, eps=EPS,
+                           momentum=MOMENTUM, fix_gamma=False,
+                           use_global_stats=not training, axis=1)
+    Y.backward(head)
+    shape = gamma.shape
+    return Y, X.grad, gamma.grad, beta.grad, mean.reshape(shape), var.reshape(shape)
+
+
+NAMES = ["Y", "dX", "dgamma", "dbeta", "moving_mean", "moving_var"]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_training_matches_mxnet_operator(shape):
+    inputs = random_inputs(shape)
+    got = ours(*[a.copy() for a in inputs])
+    want = reference(*inputs)
+    for name, g, w in zip(NAMES, got, want):
+        onp.testing.assert_allclose(g.asnumpy(), w.asnumpy(), **TOL, err_msg=name)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_prediction_matches_global_stats(shape):
+    inputs = random_inputs(shape)
+    got = ours(*[a.copy() for a in inputs], training=False)
+    want = reference(*inputs, training=False)
+    # Prediction mode leaves the moving statistics as they were
+    onp.testing.assert_array_equal(got[4].asnumpy(), inputs[3].asnumpy())
+    for name, g, w in zip(NAMES, got, want):
+        onp.testing.assert_allclose(g.asnumpy(), w.asnumpy(), **TOL, err_msg=name)
+
+
+def numpy_batch_norm(X, gamma, beta, mean, var, head):
+    """Float64 forward and the textbook backward of BN in training mode."""
+    axes = channel_axes(X.ndim)
+    m = X.size // X.shape[1]
+    mu = X.mean(axis=axes, keepdims=True)
+    sigma2 = X.var(axis=axes, keepdims=True)
+    inv = 1.0 / onp.sqrt(sigma2 + EPS)
+    X_hat = (X - mu) * inv
+    Y = gamma * X_hat + beta
+    dX_hat = head * gamma
+    dX = inv / m * (m * dX_hat - dX_hat.sum(axis=axes, keepdims=True)
+                    - X_hat * (dX_hat * X_hat).sum(axis=axes, keepdims=True))
+    dgamma = (head * X_hat).sum(axis=axes, keepdims=True)
+    dbeta = head.sum(axis=axes, keepdims=True)
+    new_mean = MOMENTUM * mean + (1 - MOMENTUM) * mu
+    new_var = MOMENTUM * var + (1 - MOMENTUM) * sigma2
+    return Y, dX, dgamma, dbeta, new_mean, new_var
+
+
+def test_float64_numpy_reference():
+    inputs = random_inputs((4, 3, 5, 6))
+    got = ours(*[a.copy() for a in inputs])
+    want = numpy_batch_norm(*[a.asnumpy().astype("float64") for a in inputs])
+    for name, g, w in zip(NAMES, got, want):
+        onp.testing.assert_allclose(g.asnumpy(), w, **TOL, err_msg=name)
+
+
+def test_training_output_is_standardised_per_channel():
+    X = np.array(onp.random.default_rng(1).normal(5, 3, size=(16, 4, 6, 6)), dtype="float32")
+    one, zero = np.ones((1, 4, 1, 1)), np.zeros((1, 4, 1, 1))
+    with autograd.train_mode():
+        Y, _, _ = d2lbn.batch_norm(X, one, zero, zero, one, EPS, MOMENTUM)
+    Y = Y.asnumpy()
+    onp.testing.assert_allclose(Y.mean(axis=(0, 2, 3)), 0, atol=1e-5)
+    onp.testing.assert_allclose(Y.var(axis=(0, 2, 3)), 1, atol=1e-3)
+
+
+def test_channel_axes_rejects_1d():
+    with pytest.raises(ValueError, match="1-D"):
+        channel_axes(1)

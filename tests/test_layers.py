@@ -1,0 +1,175 @@
+"""The BatchNorm Blocks: bookkeeping, hybridization, persistence, devices, bad input."""
+
+import warnings
+
+import mxnet as mx
+import numpy as onp
+import pytest
+from mxnet import autograd, gluon, np
+from mxnet.gluon import nn
+
+import d2lbn
+from d2lbn import models
+
+
+def batch(shape, seed=0):
+    return np.array(onp.random.default_rng(seed).normal(2, 3, size=shape), dtype="float32")
+
+
+def step(layer, X, head):
+    """One recorded forward and backward; return output and gradients."""
+    with autograd.record():
+        Y = layer(X)
+    Y.backward(head)
+    return Y, layer.gamma.grad().copy(), layer.beta.grad().copy()
+
+
+def test_initial_state():
+    bn = d2lbn.BatchNorm(3, num_dims=4)
+    bn.initialize()
+    for p, value in [(bn.gamma, 1), (bn.beta, 0), (bn.moving_mean, 0), (bn.moving_var, 1)]:
+        assert p.shape == (1, 3, 1, 1)
+        onp.testing.assert_array_equal(p.data().asnumpy(), value)
+    assert bn.moving_mean.grad_req == "null" and bn.gamma.grad_req == "write"
+    assert (bn.eps, bn.momentum) == (1e-5, 0.9)
+
+
+@pytest.mark.parametrize("shape", [(8, 5), (6, 4, 7), (4, 3, 5, 6), (3, 2, 3, 4, 5)], ids=str)
+def test_block_matches_gluon_batchnorm(shape):
+    ours, ref = d2lbn.BatchNorm(shape[1], len(shape)), nn.BatchNorm(in_channels=shape[1])
+    ours.initialize()
+    ref.initialize()
+    for i in range(3):
+        X, head = batch(shape, i), batch(shape, 10 + i)
+        for g, w in zip(step(ours, X, head), step(ref, X, head)):
+            onp.testing.assert_allclose(g.asnumpy().ravel(), w.asnumpy().ravel(), rtol=1e-4,
+                                        atol=1e-4)
+    for name in ("moving_mean", "moving_var"):
+        onp.testing.assert_allclose(getattr(ours, name).data().asnumpy().ravel(),
+                                    getattr(ref, "running_" + name[7:]).data().asnumpy(),
+                                    rtol=1e-4, atol=1e-4)
+    X = batch(shape, 99)
+    onp.testing.assert_allclose(ours(X).asnumpy(), ref(X).asnumpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_hybridized_equals_imperative():
+    shape = (6, 4, 5, 5)
+    plain, hybrid = d2lbn.BatchNorm(4, 4), d2lbn.HybridBatchNorm(4, 4)
+    plain.initialize()
+    hybrid.initialize()
+    hybrid.hybridize()
+    for i in range(3):
+        X, head = batch(shape, i), batch(shape, 10 + i)
+        for g, w in zip(step(hybrid, X, head), step(plain, X, head)):
+            onp.testing.assert_allclose(g.asnumpy(), w.asnumpy(), rtol=1e-6, atol=1e-6)
+        # switching to prediction mode and back must retrace, not reuse, the graph
+        onp.testing.assert_allclose(hybrid(X).asnumpy(), plain(X).asnumpy(), rtol=1e-6,
+                                    atol=1e-6)
+    for name in ("moving_mean", "moving_var"):
+        onp.testing.assert_allclose(getattr(hybrid, name).data().asnumpy(),
+                                    getattr(plain, name).data().asnumpy(), rtol=1e-6)
+
+
+def test_hybrid_inside_hybrid_sequential_is_refused():
+    net = nn.HybridSequential()
+    net.add(d2lbn.HybridBatchNorm(3, 2))
+    net.initialize()
+    net.hybridize()
+    with pytest.raises(TypeError, match="nn.Sequential"):
+        net(batch((4, 3)))
+
+
+def train_steps(net, n=3):
+    trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.1})
+    loss = gluon.loss.SoftmaxCrossEntropyLoss()
+    for i in range(n):
+        X, y = batch((8, 1, 28, 28), i), np.array(onp.arange(8) % 10)
+        with autograd.record():
+            l = loss(net(X), y)
+        l.backward()
+        trainer.step(8)
+
+
+@pytest.mark.parametrize("norm", ["scratch", "hybrid"])
+def test_save_load_round_trip(tmp_path, norm):
+    net = models.lenet(norm)
+    net.initialize(mx.init.Xavier())
+    train_steps(net)
+    path = str(tmp_path / "lenet.params")
+    net.save_parameters(path)
+    clone = models.lenet(norm)
+    clone.initialize()
+    clone.load_parameters(path)
+    assert not onp.allclose(clone[1].moving_var.data().asnumpy(), 1)  # statistics moved
+    X = batch((5, 1, 28, 28), 42)
+    onp.testing.assert_array_equal(clone(X).asnumpy(), net(X).asnumpy())
+
+
+def test_net_on_second_cpu_context():
+    ctx = mx.cpu(1)
+    net = models.lenet("scratch")
+    net.initialize(mx.init.Xavier(), ctx=ctx)
+    X = batch((4, 1, 28, 28)).as_in_ctx(ctx)
+    with autograd.record():
+        Y = net(X)
+    Y.backward()
+    assert Y.ctx == ctx
+    assert net[1].moving_mean.data(ctx).ctx == ctx
+    assert not onp.allclose(net[1].moving_mean.data(ctx).asnumpy(), 0)
+
+
+@pytest.mark.parametrize("cls", [d2lbn.BatchNorm, d2lbn.HybridBatchNorm])
+def test_bad_input(cls):
+    bn = cls(3, num_dims=4)
+    bn.initialize()
+    with pytest.raises(ValueError, match="4-D"):
+        bn(batch((2, 3)))
+    with pytest.raises(ValueError, match=r"3 channels.*got 5"):
+        bn(batch((2, 5, 4, 4)))
+    with pytest.raises(ValueError, match="floating-point.*int32"):
+        bn(np.ones((2, 3, 4, 4), dtype="int32"))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(num_features=0, num_dims=2), "num_features"),
+    (dict(num_features=3, num_dims=6), "num_dims"),
+    (dict(num_features=3, num_dims=2, momentum=1.5), "momentum"),
+    (dict(num_features=3, num_dims=2, eps=0), "eps"),
+])
+def test_bad_construction(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        d2lbn.BatchNorm(**kwargs)
+
+
+def test_one_value_per_channel_warns_and_matches_gluon():
+    ours, ref = d2lbn.BatchNorm(4, 2), nn.BatchNorm(in_channels=4)
+    ours.initialize()
+    ref.initialize()
+    X = batch((1, 4))
+    with pytest.warns(RuntimeWarning, match="one value per channel"):
+        Y, _, _ = step(ours, X, np.ones((1, 4)))
+    Y_ref, _, _ = step(ref, X, np.ones((1, 4)))
+    onp.testing.assert_allclose(Y.asnumpy(), Y_ref.asnumpy(), atol=1e-5)
+    onp.testing.assert_allclose(Y.asnumpy(), 0, atol=1e-5)  # only beta (0) passes
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ours(X)  # prediction mode: the moving statistics are used, no warning
+
+
+def test_lenet_variants():
+    X = batch((2, 1, 28, 28))
+    for kwargs in [dict(), dict(norm="gluon"), dict(norm=None), dict(placement="after"),
+                   dict(dropout=0.5), dict(use_bias=False), dict(norm_conv=False),
+                   dict(activation="relu"), dict(norm=lambda c, d: nn.LayerNorm())]:
+        net = models.lenet(**kwargs)
+        net.initialize()
+        assert net(X).shape == (2, 10), kwargs
+    assert isinstance(models.lenet()[1], d2lbn.BatchNorm)
+    assert isinstance(models.lenet(placement="after")[2], d2lbn.BatchNorm)
+    assert models.lenet(use_bias=False)[0].bias is None
+    assert sum(isinstance(b, d2lbn.BatchNorm) for b in models.lenet(norm_dense=False)) == 2
+    assert not any(isinstance(b, d2lbn.BatchNorm) for b in models.lenet(norm=None))
+    with pytest.raises(ValueError, match="norm must be"):
+        models.lenet("batch")
+    with pytest.raises(ValueError, match="placement"):
+        models.lenet(placement="middle")

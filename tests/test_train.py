@@ -1,0 +1,68 @@
+"""The training loop on a small synthetic image set the test builds."""
+
+import numpy as onp
+import pytest
+from mxnet import gluon
+
+from d2lbn import config, models, train
+
+
+def synthetic_iters(n=600, batch_size=32):
+    """Ten classes, each a bright square at its own place on a noisy 28x28 image."""
+    rng = onp.random.default_rng(0)
+    y = rng.integers(0, 10, size=n)
+    X = rng.uniform(0, 0.3, size=(n, 1, 28, 28)).astype("float32")
+    for i, label in enumerate(y):
+        r, c = divmod(int(label), 5)
+        X[i, 0, 4 + 10 * r:12 + 10 * r, 1 + 5 * c:6 + 5 * c] += 0.7
+    split = n * 5 // 6
+    train_set = gluon.data.ArrayDataset(X[:split], y[:split].astype("int32"))
+    test_set = gluon.data.ArrayDataset(X[split:], y[split:].astype("int32"))
+    return (gluon.data.DataLoader(train_set, batch_size, shuffle=True),
+            gluon.data.DataLoader(test_set, batch_size))
+
+
+@pytest.mark.parametrize("norm", ["scratch", "gluon"])
+def test_two_epochs_learn_and_repeat(norm):
+    train_iter, test_iter = synthetic_iters()
+    runs = [train.train(models.lenet(norm), train_iter, test_iter, 2, 1.0, seed=3,
+                        animate=False) for _ in range(2)]
+    assert runs[0].test_acc[-1] > 0.9
+    assert runs[0].loss[-1] < runs[0].loss[0]
+    for key in ("loss", "train_acc", "test_acc"):
+        assert getattr(runs[0], key) == getattr(runs[1], key)
+    assert (runs[0].num_epochs, runs[0].batch_size, runs[0].device) == (2, 32, "cpu(0)")
+
+
+def test_other_seed_gives_other_history():
+    train_iter, test_iter = synthetic_iters()
+    a, b = (train.train(models.lenet("gluon"), train_iter, test_iter, 1, 1.0, seed=s,
+                        animate=False) for s in (1, 2))
+    assert a.loss != b.loss
+
+
+def test_quick_mode_caps_epochs(monkeypatch, capsys):
+    monkeypatch.setenv(config.QUICK_ENV, "1")
+    monkeypatch.setattr(config, "_announced", False)
+    train_iter, test_iter = synthetic_iters(n=120)
+    h = train.train(models.lenet(None), train_iter, test_iter, 10, 0.5, animate=False)
+    assert h.num_epochs == config.QUICK_EPOCHS == len(h.loss)
+    assert "quick mode" in capsys.readouterr().out
+
+
+def test_evaluate_accuracy_of_perfect_and_constant_nets():
+    _, test_iter = synthetic_iters()
+    net = models.lenet(None)
+    net.initialize()
+    acc = train.evaluate_accuracy(net, test_iter)
+    labels = onp.concatenate([y.asnumpy() for _, y in test_iter])
+    predicted = onp.concatenate([net(X).asnumpy().argmax(axis=1) for X, _ in test_iter])
+    assert acc == pytest.approx((labels == predicted).mean())
+
+
+def test_bad_arguments():
+    train_iter, test_iter = synthetic_iters(n=60)
+    with pytest.raises(ValueError, match="lr"):
+        train.train(models.lenet(), train_iter, test_iter, 1, 0.0)
+    with pytest.raises(ValueError, match="num_epochs"):
+        train.train(models.lenet(), train_iter, test_iter, 0, 1.0)
