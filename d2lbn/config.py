@@ -8,6 +8,7 @@ QUICK_ENV = "D2LBN_QUICK"
 QUICK_TRAIN = 2048  # first examples of the training set kept in quick mode
 QUICK_TEST = 1024  # first examples of the test set kept in quick mode
 QUICK_EPOCHS = 2
+QUICK_STEPS = 8  # cap on step-counted experiments in quick mode
 
 _announced = False
 
@@ -34,3 +35,11 @@ def epochs(num_epochs: int) -> int:
         announce()
         return min(num_epochs, QUICK_EPOCHS)
     return num_epochs
+
+
+def steps(num_steps: int) -> int:
+    """The number of SGD steps to run: ``num_steps``, capped in quick mode."""
+    if is_quick():
+        announce()
+        return min(num_steps, QUICK_STEPS)
+    return num_steps

@@ -142,6 +142,33 @@ def train(net, train_iter, test_iter, num_epochs: int, lr: float,
     return history
 
 
+def test_acc_after_steps(net, train_iter, test_iter, lr: float, checkpoints: list[int],
+                         device: mx.Context | None = None) -> list[float]:
+    """Test accuracy after each number of SGD steps in ``checkpoints`` (on an initialised net).
+
+    For the first steps of training, where per-epoch figures say nothing; quick
+    mode caps the steps.
+    """
+    device = device or try_gpu()
+    checkpoints = sorted({config.steps(c) for c in checkpoints})
+    trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": lr})
+    loss = gluon.loss.SoftmaxCrossEntropyLoss()
+    accs, step = [], 0
+    while step < checkpoints[-1]:
+        for X, y in train_iter:
+            X, y = X.as_in_ctx(device), y.as_in_ctx(device)
+            with autograd.record():
+                l = loss(net(X), y)
+            l.backward()
+            trainer.step(X.shape[0])
+            step += 1
+            if step in checkpoints:
+                accs.append(evaluate_accuracy(net, test_iter, device))
+            if step == checkpoints[-1]:
+                break
+    return accs
+
+
 def _batch_size(data_iter) -> int:
     # Gluon's DataLoader keeps it on its batch sampler; other iterables: 0 (unknown)
     return getattr(getattr(data_iter, "_batch_sampler", None), "_batch_size", 0)

@@ -1,5 +1,6 @@
 """The training loop on a small synthetic image set the test builds."""
 
+import mxnet as mx
 import numpy as onp
 import pytest
 from mxnet import gluon
@@ -66,3 +67,14 @@ def test_bad_arguments():
         train.train(models.lenet(), train_iter, test_iter, 1, 0.0)
     with pytest.raises(ValueError, match="num_epochs"):
         train.train(models.lenet(), train_iter, test_iter, 0, 1.0)
+
+
+def test_acc_after_steps_improves_and_honours_quick_mode(monkeypatch):
+    train_iter, test_iter = synthetic_iters()
+    train.seed_all(0)
+    net = models.lenet("gluon")
+    net.initialize(mx.init.Xavier())
+    accs = train.test_acc_after_steps(net, train_iter, test_iter, 1.0, [1, 40])
+    assert len(accs) == 2 and accs[1] > 0.9 > accs[0]  # 40 steps cycle over the 16 batches
+    monkeypatch.setenv(config.QUICK_ENV, "1")
+    assert len(train.test_acc_after_steps(net, train_iter, test_iter, 1.0, [4, 30, 40])) == 2

@@ -1,0 +1,60 @@
+"""The figures the notebooks show."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as onp
+
+from .train import History
+
+LABELS = {"loss": "training loss", "train_acc": "train accuracy", "test_acc": "test accuracy",
+          "examples_per_sec": "examples/s"}
+
+
+def gamma_beta(bn, title: str = "first BN layer"):
+    """Bar chart of a BN layer's learned scale gamma and shift beta, per channel."""
+    gamma = bn.gamma.data().asnumpy().ravel()
+    beta = bn.beta.data().asnumpy().ravel()
+    channels = onp.arange(len(gamma))
+    fig, ax = plt.subplots(figsize=(5, 2.8))
+    ax.bar(channels - 0.2, gamma, width=0.4, label="gamma (scale)")
+    ax.bar(channels + 0.2, beta, width=0.4, label="beta (shift)")
+    ax.axhline(1, color="gray", lw=0.8, ls="--")
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set(xlabel="channel", xticks=channels, title=title)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def curves(groups: dict[str, list[History]], metrics=("loss", "test_acc")):
+    """Per-epoch curves, one thin line per seed and one colour per group."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for color, (name, runs) in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"],
+                                       groups.items()):
+            for i, h in enumerate(runs):
+                values = getattr(h, metric)
+                ax.plot(range(1, len(values) + 1), values, color=color, lw=1, alpha=0.8,
+                        label=f"{name} ({len(runs)} seeds)" if i == 0 else None)
+        ax.set(xlabel="epoch", ylabel=LABELS[metric])
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def lines(x, groups: dict[str, list[list[float]]], xlabel: str, ylabel: str,
+          logx: bool = False):
+    """One thin line per run (e.g. per seed) against ``x``, one colour per group."""
+    fig, ax = plt.subplots(figsize=(5, 3))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for color, (name, runs) in zip(colors, groups.items()):
+        for i, y in enumerate(runs):
+            ax.plot(x[:len(y)], y, color=color, lw=1, marker=".", alpha=0.8,
+                    label=f"{name} ({len(runs)} runs)" if i == 0 else None)
+    ax.set(xlabel=xlabel, ylabel=ylabel, xscale="log" if logx else "linear")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,132 @@
+"""Recorded runs and the summary that ``make run`` writes to ``results/``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import statistics
+import tempfile
+from pathlib import Path
+
+from . import config
+from .train import History
+
+RESULTS_ENV = "D2LBN_RESULTS"
+METRICS = ("loss", "train_acc", "test_acc", "examples_per_sec")
+# The book's single runs (d2l 0.7 printing, one GPU), for the side-by-side table
+BOOK = {
+    "02_lenet_batch_norm_scratch": dict(loss=0.247, train_acc=0.910, test_acc=0.816,
+                                        examples_per_sec=21808.5, device="gpu(0)"),
+    "03_lenet_batch_norm_concise": dict(loss=0.244, train_acc=0.912, test_acc=0.874,
+                                        examples_per_sec=43091.3, device="gpu(0)"),
+}
+
+
+def results_dir() -> Path:
+    """``$D2LBN_RESULTS``, else the checkout's ``results/`` (``results/quick`` in quick mode)."""
+    if os.environ.get(RESULTS_ENV):
+        base = Path(os.environ[RESULTS_ENV])
+    else:
+        root = Path(__file__).resolve().parent.parent
+        base = root / "results" if (root / "pyproject.toml").exists() else Path("results")
+    # Quick runs never overwrite the committed full-run results
+    return base / "quick" if config.is_quick() else base
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file, so a crash leaves the old one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def record(stem: str, runs: list[History]) -> Path:
+    """Save one notebook's training runs (one per seed) as ``runs/<stem>.json``."""
+    if not runs:
+        raise ValueError("record() needs at least one run")
+    first = runs[0]
+    entry = {"epochs": first.num_epochs, "lr": first.lr, "batch_size": first.batch_size,
+             "device": first.device, "seeds": [h.seed for h in runs],
+             **{m: [h.final()[m] for h in runs] for m in METRICS},
+             "runs": [dataclasses.asdict(h) for h in runs]}
+    path = results_dir() / "runs" / f"{stem}.json"
+    write_atomic(path, json.dumps(entry, indent=1) + "\n")
+    return path
+
+
+def load(stem: str) -> list[History]:
+    """The runs a notebook recorded with ``record``; a clear error if it has not run."""
+    path = results_dir() / "runs" / f"{stem}.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no recorded runs at {path}: run notebooks/{stem}.ipynb "
+                                "first (`make run` runs every notebook in order)")
+    return [History(**run) for run in json.loads(path.read_text())["runs"]]
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return statistics.fmean(values), sd
+
+
+def compare(groups: dict[str, list[History]], book: dict[str, dict] | None = None):
+    """A table of final-epoch figures, mean ± sd over seeds, beside the book's."""
+    import pandas as pd
+
+    rows = {}
+    for name, runs in groups.items():
+        row = {}
+        for m in METRICS:
+            mean, sd = mean_sd([h.final()[m] for h in runs])
+            digits = 0 if m == "examples_per_sec" else 3
+            row[m] = f"{mean:.{digits}f} ± {sd:.{digits}f}"
+        row["device"], row["seeds"] = runs[0].device, len(runs)
+        rows[name] = row
+    for name, figures in (book or {}).items():
+        rows[name] = {**{m: f"{figures[m]:g}" for m in METRICS}, "device": figures["device"],
+                      "seeds": 1}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def write_summary(wall_s: dict[str, float]) -> tuple[Path, Path]:
+    """Write ``summary.json`` and ``summary.md`` from the recorded runs and wall times."""
+    out = results_dir()
+    notebooks = {}
+    for stem in sorted(wall_s):
+        path = out / "runs" / f"{stem}.json"
+        entry = json.loads(path.read_text()) if path.exists() else {}
+        entry.pop("runs", None)
+        notebooks[stem] = {**entry, "wall_s": round(wall_s[stem], 1)}
+    summary = {"mode": "quick" if config.is_quick() else "full", "notebooks": notebooks}
+    json_path, md_path = out / "summary.json", out / "summary.md"
+    write_atomic(json_path, json.dumps(summary, indent=1) + "\n")
+    write_atomic(md_path, summary_markdown(summary))
+    return json_path, md_path
+
+
+def summary_markdown(summary: dict) -> str:
+    """The summary as a Markdown table: one row per notebook."""
+    lines = [f"# Results ({summary['mode']} run)", "",
+             "Final-epoch figures, mean ± sd over seeds; wall time of the whole notebook.", "",
+             "| notebook | wall time | seeds | epochs | lr | batch | device | loss | train acc "
+             "| test acc | examples/s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for stem, e in summary["notebooks"].items():
+        cells = [f"`{stem}`", f"{e['wall_s']:.0f} s"]
+        if "seeds" in e:
+            cells += [", ".join(map(str, e["seeds"])), str(e["epochs"]), f"{e['lr']:g}",
+                      str(e["batch_size"]), e["device"]]
+            for m in METRICS:
+                mean, sd = mean_sd(e[m])
+                d = 0 if m == "examples_per_sec" else 3
+                cells.append(f"{mean:.{d}f} ± {sd:.{d}f}")
+        else:
+            cells += ["–"] * 9
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
