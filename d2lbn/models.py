@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Union
 
 from mxnet.gluon import nn
@@ -10,6 +11,16 @@ from .layers import BatchNorm, HybridBatchNorm
 
 NormFactory = Callable[[int, int], nn.Block]
 Norm = Union[str, None, NormFactory]
+
+
+class LayerwiseSequential(nn.Sequential):
+    """``nn.Sequential`` whose ``hybridize()`` compiles each layer on its own, quietly."""
+
+    def hybridize(self, active=True, **kwargs):
+        with warnings.catch_warnings():
+            # Gluon suggests HybridSequential; HybridBatchNorm needs layer-wise graphs
+            warnings.filterwarnings("ignore", message="All children of this Sequential")
+            super().hybridize(active, **kwargs)
 
 
 def norm_factory(norm: Norm) -> NormFactory | None:
@@ -44,7 +55,10 @@ def lenet(norm: Norm = "scratch", placement: str = "before", activation: str = "
         raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
     make_norm = norm_factory(norm)
     # Gluon's own layers compile into one graph; the scratch Blocks cannot
-    net = nn.HybridSequential() if norm in (None, "gluon") else nn.Sequential()
+    if norm in (None, "gluon"):
+        net = nn.HybridSequential()
+    else:
+        net = LayerwiseSequential() if norm == "hybrid" else nn.Sequential()
 
     def stage(layer, channels, num_dims, with_norm, drop=0.0):
         act = nn.Activation(activation)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import nbformat
 
-from .results import write_atomic, write_summary
+from . import config
+from .results import RESULTS_ENV, results_dir, write_atomic, write_summary
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 # Cell metadata that changes from run to run and means nothing to a reader
@@ -28,17 +33,33 @@ def strip(nb) -> None:
     nb.metadata.get("language_info", {}).pop("version", None)
 
 
+def code_digest(nb) -> str:
+    """SHA-1 of the code cells' sources: tells whether code changed after a run."""
+    code = "\0".join(c.source for c in nb.cells if c.cell_type == "code")
+    return hashlib.sha1(code.encode()).hexdigest()
+
+
+def stamp(nb) -> None:
+    """Mark a notebook as executed in this mode with its current code."""
+    nb.metadata["d2lbn"] = {"mode": "quick" if config.is_quick() else "full",
+                            "code_sha1": code_digest(nb)}
+
+
 def problems(nb) -> list[str]:
-    """What keeps a notebook from being committed: errors, unexecuted cells, counts."""
+    """What keeps a notebook from being committed: no full run, stale code, errors, counts."""
+    run = nb.metadata.get("d2lbn", {})
     found = []
+    if not run:
+        found.append("not executed by `make run` (no run stamp)")
+    elif run.get("mode") != "full":
+        found.append(f"outputs come from a {run.get('mode')} run, not a full one")
+    elif run.get("code_sha1") != code_digest(nb):
+        found.append("code cells changed since the last run")
     for i, cell in enumerate(nb.cells):
         if cell.cell_type != "code":
             continue
         if cell.execution_count is not None:
             found.append(f"cell {i}: execution count {cell.execution_count}")
-        if cell.source.strip() and not cell.outputs and "no-output" not in cell.metadata.get(
-                "tags", []):
-            found.append(f"cell {i}: no output (not executed?)")
         for out in cell.outputs:
             if out.output_type == "error":
                 found.append(f"cell {i}: error {out.ename}: {out.evalue}")
@@ -55,23 +76,63 @@ def execute(path: Path, timeout: int = 7200) -> tuple[object, float]:
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}})
     tic = time.perf_counter()
-    client.execute()
+    try:
+        client.execute()
+    except Exception as err:
+        err.nb = nb  # the partly executed notebook, for the caller to keep
+        raise
     return nb, time.perf_counter() - tic
 
 
 def run_all(paths: list[Path] | None = None) -> dict[str, float]:
-    """Execute each notebook, replace it only when it ran cleanly, write the summary."""
+    """Execute notebooks; replace them and ``results/`` only if every one ran cleanly.
+
+    Runs go to a staging folder first (seeded with the recorded runs, which later
+    notebooks read), so a failure leaves the committed notebooks and results as
+    they were; the failed notebook is kept in the staging folder to look at.
+    """
     paths = paths or sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
-    wall = {}
-    for path in paths:
-        print(f"[d2lbn] running {path.name} ...", flush=True)
-        nb, wall[path.stem] = execute(path)  # raises on a failing cell: nothing replaced
-        strip(nb)
-        trouble = problems(nb)
-        if trouble:
-            raise RuntimeError(f"{path.name} ran but is not clean: {trouble}")
+    final = results_dir()
+    staging = Path(tempfile.mkdtemp(prefix="run-", dir=_mkdir(final / ".tmp")))
+    if (final / "runs").exists():
+        shutil.copytree(final / "runs", staging / "runs")
+    executed, wall = {}, {}
+    old_env = os.environ.get(RESULTS_ENV)
+    # Kernels inherit the environment: their record() calls land in staging
+    os.environ[RESULTS_ENV] = str(staging)
+    try:
+        for path in paths:
+            print(f"[d2lbn] running {path.name} ...", flush=True)
+            try:
+                nb, wall[path.stem] = execute(path)
+            except Exception as err:
+                failed = getattr(err, "nb", None)
+                if failed is not None:
+                    nbformat.write(failed, staging / path.name)
+                raise RuntimeError(f"{path.name} failed ({type(err).__name__}); nothing was "
+                                   f"replaced. Executed copy and partial runs: {staging}") from err
+            strip(nb)
+            stamp(nb)
+            trouble = [p for p in problems(nb) if "quick run" not in p]
+            if trouble:
+                raise RuntimeError(f"{path.name} ran but is not clean: {trouble}")
+            executed[path] = nb
+            print(f"[d2lbn] {path.name}: {wall[path.stem]:.0f} s", flush=True)
+    finally:
+        if old_env is None:
+            os.environ.pop(RESULTS_ENV)
+        else:
+            os.environ[RESULTS_ENV] = old_env
+    for path, nb in executed.items():
         write_atomic(path, nbformat.writes(nb) + "\n")
-        print(f"[d2lbn] {path.name}: {wall[path.stem]:.0f} s", flush=True)
+    for record in (staging / "runs").glob("*.json"):
+        write_atomic(final / "runs" / record.name, record.read_text())
+    shutil.rmtree(staging)
     json_path, md_path = write_summary(wall)
     print(f"[d2lbn] wrote {json_path} and {md_path}")
     return wall
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -96,16 +96,20 @@ def compare(groups: dict[str, list[History]], book: dict[str, dict] | None = Non
 
 
 def write_summary(wall_s: dict[str, float]) -> tuple[Path, Path]:
-    """Write ``summary.json`` and ``summary.md`` from the recorded runs and wall times."""
+    """Write ``summary.json`` and ``summary.md`` from the recorded runs and wall times.
+
+    Notebooks not in ``wall_s`` keep their entries from the previous summary.
+    """
     out = results_dir()
-    notebooks = {}
+    json_path, md_path = out / "summary.json", out / "summary.md"
+    notebooks = json.loads(json_path.read_text())["notebooks"] if json_path.exists() else {}
     for stem in sorted(wall_s):
         path = out / "runs" / f"{stem}.json"
         entry = json.loads(path.read_text()) if path.exists() else {}
         entry.pop("runs", None)
         notebooks[stem] = {**entry, "wall_s": round(wall_s[stem], 1)}
-    summary = {"mode": "quick" if config.is_quick() else "full", "notebooks": notebooks}
-    json_path, md_path = out / "summary.json", out / "summary.md"
+    summary = {"mode": "quick" if config.is_quick() else "full",
+               "notebooks": dict(sorted(notebooks.items()))}
     write_atomic(json_path, json.dumps(summary, indent=1) + "\n")
     write_atomic(md_path, summary_markdown(summary))
     return json_path, md_path

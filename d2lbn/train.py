@@ -6,7 +6,6 @@ import dataclasses
 import random
 import sys
 import time
-import warnings
 
 import mxnet as mx
 import numpy as onp
@@ -101,10 +100,7 @@ def train(net, train_iter, test_iter, num_epochs: int, lr: float,
         seed_all(seed)
     net.initialize(init.Xavier(), ctx=device, force_reinit=True)
     if hybridize:
-        with warnings.catch_warnings():
-            # nn.Sequential of HybridBlocks (the hybrid scratch LeNet) is on purpose
-            warnings.filterwarnings("ignore", message="All children of this Sequential")
-            net.hybridize()
+        net.hybridize()
     trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": lr})
     loss = gluon.loss.SoftmaxCrossEntropyLoss()
     history = History(lr=lr, batch_size=_batch_size(train_iter),

@@ -2,9 +2,10 @@
 
 import json
 
+import nbformat
 import pytest
 
-from d2lbn import config, results
+from d2lbn import config, notebooks, plot, results
 from d2lbn.train import History
 
 
@@ -57,3 +58,74 @@ def test_write_atomic_keeps_old_file_on_failure(tmp_path):
     path = tmp_path / "a.txt"
     results.write_atomic(path, "old")
 
+    with pytest.raises(TypeError):
+        results.write_atomic(path, None)  # fails mid-write
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_plots_draw():
+    fig = plot.curves({"a": [history(0, 0.8)], "b": [history(1, 0.9)]})
+    assert len(fig.axes) == 2 and len(fig.axes[0].lines) == 2
+    fig = plot.lines([1, 2], {"a": [[0.1, 0.2], [0.3, 0.4]]}, "x", "y", logx=True)
+    assert len(fig.axes[0].lines) == 2 and fig.axes[0].get_xscale() == "log"
+
+
+def make_nb(count=None, error=False, stamped=True):
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("1 + 1", execution_count=count)
+    cell.outputs = [nbformat.v4.new_output("execute_result", {"text/plain": "2"},
+                                           execution_count=count)]
+    if error:
+        cell.outputs.append(nbformat.v4.new_output("error", ename="ValueError", evalue="x",
+                                                   traceback=[]))
+    nb.cells.append(cell)
+    if stamped:
+        notebooks.stamp(nb)
+    return nb
+
+
+def test_notebook_problems_and_strip(monkeypatch):
+    assert notebooks.problems(make_nb()) == []
+    assert "execution count 3" in notebooks.problems(make_nb(count=3))[0]
+    assert "no run stamp" in notebooks.problems(make_nb(stamped=False))[0]
+    assert any("ValueError" in p for p in notebooks.problems(make_nb(error=True)))
+    edited = make_nb()
+    edited.cells.append(nbformat.v4.new_markdown_cell("prose may change"))
+    assert notebooks.problems(edited) == []
+    edited.cells[0].source = "1 + 2"
+    assert "changed since the last run" in notebooks.problems(edited)[0]
+    nb = make_nb(count=3)
+    nb.cells[0].metadata["execution"] = {"iopub.status.busy": "2026"}
+    notebooks.strip(nb)
+    assert "execution" not in nb.cells[0].metadata
+    assert not [p for p in notebooks.problems(nb) if "count" in p]
+    monkeypatch.setenv(config.QUICK_ENV, "1")
+    assert "quick run" in notebooks.problems(make_nb())[0]
+
+
+@pytest.mark.parametrize("path", sorted(notebooks.NOTEBOOKS.glob("*.ipynb")), ids=str)
+def test_committed_notebooks_are_clean(path):
+    assert notebooks.problems(nbformat.read(path, as_version=4)) == []
+
+
+def tiny_notebook(path, source):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(source)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nbformat.write(nb, path)
+
+
+def test_run_all_replaces_only_after_success(out, tmp_path):
+    good, bad = tmp_path / "01_good.ipynb", tmp_path / "02_bad.ipynb"
+    tiny_notebook(good, "print(6 * 7)")
+    tiny_notebook(bad, "raise ValueError('boom')")
+    before = good.read_text()
+    with pytest.raises(RuntimeError, match="02_bad.ipynb failed.*nothing was replaced"):
+        notebooks.run_all([good, bad])
+    assert good.read_text() == before and not (out / "summary.json").exists()
+    notebooks.run_all([good])
+    nb = nbformat.read(good, as_version=4)
+    assert nb.cells[0].outputs[0].text == "42\n" and notebooks.problems(nb) == []
+    assert json.loads((out / "summary.json").read_text())["notebooks"]["01_good"]["wall_s"] >= 0
