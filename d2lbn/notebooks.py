@@ -33,6 +33,29 @@ def strip(nb) -> None:
     nb.metadata.get("language_info", {}).pop("version", None)
 
 
+def numbered_copies(dest: str | Path, paths: list[Path] | None = None) -> list[Path]:
+    """Copies of the notebooks with execution counts 1, 2, ... for nbval.
+
+    nbval refuses a reference cell that has outputs but no execution count, and the
+    committed notebooks have their counts stripped.
+    """
+    dest = _mkdir(Path(dest))
+    copies = []
+    for path in paths or sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        count = 0
+        for cell in nb.cells:
+            if cell.cell_type == "code" and cell.outputs:
+                count += 1
+                cell.execution_count = count
+                for out in cell.outputs:
+                    if "execution_count" in out:
+                        out.execution_count = count
+        copies.append(dest / path.name)
+        nbformat.write(nb, copies[-1])
+    return copies
+
+
 def code_digest(nb) -> str:
     """SHA-1 of the code cells' sources: tells whether code changed after a run."""
     code = "\0".join(c.source for c in nb.cells if c.cell_type == "code")

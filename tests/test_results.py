@@ -129,3 +129,16 @@ def test_run_all_replaces_only_after_success(out, tmp_path):
     nb = nbformat.read(good, as_version=4)
     assert nb.cells[0].outputs[0].text == "42\n" and notebooks.problems(nb) == []
     assert json.loads((out / "summary.json").read_text())["notebooks"]["01_good"]["wall_s"] >= 0
+
+
+def test_numbered_copies_for_nbval(tmp_path):
+    nb = make_nb()
+    nb.cells.append(nbformat.v4.new_code_cell("x = 1"))  # no output: stays unnumbered
+    nb.cells.append(make_nb().cells[0])
+    source = tmp_path / "01_a.ipynb"
+    nbformat.write(nb, source)
+    [copy] = notebooks.numbered_copies(tmp_path / "copies", [source])
+    cells = nbformat.read(copy, as_version=4).cells
+    assert [c.execution_count for c in cells] == [1, None, 2]
+    assert cells[2].outputs[0].execution_count == 2
+    assert nbformat.read(source, as_version=4).cells[0].execution_count is None
