@@ -1,4 +1,4 @@
-"""Command line: ``python -m d2lbn {data,run,train}``."""
+"""Command line: ``python -m d2lbn {data,run,train,bench}``."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("data", help="where Fashion-MNIST comes from; --fetch obtains it",
                    add_help=False)
+    sub.add_parser("bench", help="from-scratch vs built-in BatchNorm: LeNet and op timings",
+                   add_help=False)
     run = sub.add_parser("run", help="execute notebooks (all by default), write results/")
     run.add_argument("notebooks", nargs="*", type=Path)
     tr = sub.add_parser("train", help="train the chapter's LeNet once, log per epoch")
@@ -27,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
         from . import data
 
         return data.main(rest)
+    if args.command == "bench":
+        from . import bench
+
+        return bench.main(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "run":

@@ -7,6 +7,7 @@ from typing import Callable, Union
 
 from mxnet.gluon import nn
 
+from .fast import FastBatchNorm
 from .layers import BatchNorm, HybridBatchNorm
 
 NormFactory = Callable[[int, int], nn.Block]
@@ -33,6 +34,7 @@ def norm_factory(norm: Norm) -> NormFactory | None:
         "scratch": lambda c, d: BatchNorm(c, num_dims=d),
         "hybrid": lambda c, d: HybridBatchNorm(c, num_dims=d),
         "gluon": lambda c, d: nn.BatchNorm(in_channels=c),
+        "fast": lambda c, d: FastBatchNorm(c, num_dims=d),
     }
     if norm not in factories:
         raise ValueError(f"norm must be one of {sorted(factories)}, None or a callable "
@@ -58,7 +60,7 @@ def lenet(norm: Norm = "scratch", placement: str = "before", activation: str = "
     if norm in (None, "gluon"):
         net = nn.HybridSequential()
     else:
-        net = LayerwiseSequential() if norm == "hybrid" else nn.Sequential()
+        net = LayerwiseSequential() if norm in ("hybrid", "fast") else nn.Sequential()
 
     def stage(layer, channels, num_dims, with_norm, drop=0.0):
         act = nn.Activation(activation)

@@ -5,9 +5,12 @@ import pytest
 from mxnet import autograd, np, npx
 
 import d2lbn
+from d2lbn.fast import batch_norm_fast
 from d2lbn.functional import channel_axes
 
-SHAPES = [(8, 5), (6, 4, 7), (4, 3, 5, 6), (3, 2, 3, 4, 5)]
+SHAPES = [(8, 5), (6, 4, 7), (4, 3, 5, 6), (3, 2, 3, 4, 5), (5, 20, 3, 3)]
+# The book's readable function and the fast one share one contract
+IMPLS = [d2lbn.batch_norm, batch_norm_fast]
 EPS, MOMENTUM = 1e-5, 0.9
 TOL = dict(rtol=1e-4, atol=1e-4)
 
@@ -28,11 +31,12 @@ def random_inputs(shape):
     return [np.array(a, dtype="float32") for a in (X, gamma, beta, mean, var, head)]
 
 
-def ours(X, gamma, beta, mean, var, head, training=True):
+def ours(X, gamma, beta, mean, var, head, training=True, fn=d2lbn.batch_norm):
+    X, gamma, beta = X.copy(), gamma.copy(), beta.copy()
     for a in (X, gamma, beta):
         a.attach_grad()
     with autograd.record(train_mode=training):
-        Y, new_mean, new_var = d2lbn.batch_norm(X, gamma, beta, mean, var, EPS, MOMENTUM)
+        Y, new_mean, new_var = fn(X, gamma, beta, mean, var, EPS, MOMENTUM)
     Y.backward(head)
     return Y, X.grad, gamma.grad, beta.grad, new_mean, new_var
 
@@ -55,10 +59,11 @@ def reference(X, gamma, beta, mean, var, head, training=True):
 NAMES = ["Y", "dX", "dgamma", "dbeta", "moving_mean", "moving_var"]
 
 
+@pytest.mark.parametrize("fn", IMPLS, ids=lambda f: f.__name__)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
-def test_training_matches_mxnet_operator(shape):
+def test_training_matches_mxnet_operator(shape, fn):
     inputs = random_inputs(shape)
-    got = ours(*[a.copy() for a in inputs])
+    got = ours(*inputs, fn=fn)
     want = reference(*inputs)
     for name, g, w in zip(NAMES, got, want):
         onp.testing.assert_allclose(g.asnumpy(), w.asnumpy(), **TOL, err_msg=name)
@@ -96,7 +101,7 @@ def numpy_batch_norm(X, gamma, beta, mean, var, head):
 
 def test_float64_numpy_reference():
     inputs = random_inputs((4, 3, 5, 6))
-    got = ours(*[a.copy() for a in inputs])
+    got = ours(*inputs)
     want = numpy_batch_norm(*[a.asnumpy().astype("float64") for a in inputs])
     for name, g, w in zip(NAMES, got, want):
         onp.testing.assert_allclose(g.asnumpy(), w, **TOL, err_msg=name)

@@ -10,6 +10,7 @@ from mxnet.gluon import nn
 
 import d2lbn
 from d2lbn import models
+from d2lbn.fast import FastBatchNorm
 
 
 def batch(shape, seed=0):
@@ -34,11 +35,14 @@ def test_initial_state():
     assert (bn.eps, bn.momentum) == (1e-5, 0.9)
 
 
+@pytest.mark.parametrize("cls", [d2lbn.BatchNorm, FastBatchNorm])
 @pytest.mark.parametrize("shape", [(8, 5), (6, 4, 7), (4, 3, 5, 6), (3, 2, 3, 4, 5)], ids=str)
-def test_block_matches_gluon_batchnorm(shape):
-    ours, ref = d2lbn.BatchNorm(shape[1], len(shape)), nn.BatchNorm(in_channels=shape[1])
+def test_block_matches_gluon_batchnorm(shape, cls):
+    ours, ref = cls(shape[1], len(shape)), nn.BatchNorm(in_channels=shape[1])
     ours.initialize()
     ref.initialize()
+    if isinstance(ours, nn.HybridBlock):
+        ours.hybridize()
     for i in range(3):
         X, head = batch(shape, i), batch(shape, 10 + i)
         for g, w in zip(step(ours, X, head), step(ref, X, head)):
@@ -52,9 +56,11 @@ def test_block_matches_gluon_batchnorm(shape):
     onp.testing.assert_allclose(ours(X).asnumpy(), ref(X).asnumpy(), rtol=1e-4, atol=1e-4)
 
 
-def test_hybridized_equals_imperative():
-    shape = (6, 4, 5, 5)
-    plain, hybrid = d2lbn.BatchNorm(4, 4), d2lbn.HybridBatchNorm(4, 4)
+@pytest.mark.parametrize("plain_cls, hybrid_cls", [(d2lbn.BatchNorm, d2lbn.HybridBatchNorm),
+                                                   (FastBatchNorm, FastBatchNorm)])
+@pytest.mark.parametrize("shape", [(6, 4, 5, 5), (10, 7)], ids=str)
+def test_hybridized_equals_imperative(shape, plain_cls, hybrid_cls):
+    plain, hybrid = plain_cls(shape[1], len(shape)), hybrid_cls(shape[1], len(shape))
     plain.initialize()
     hybrid.initialize()
     hybrid.hybridize()
@@ -70,9 +76,10 @@ def test_hybridized_equals_imperative():
                                     getattr(plain, name).data().asnumpy(), rtol=1e-6)
 
 
-def test_hybrid_inside_hybrid_sequential_is_refused():
+@pytest.mark.parametrize("cls", [d2lbn.HybridBatchNorm, FastBatchNorm])
+def test_hybrid_inside_hybrid_sequential_is_refused(cls):
     net = nn.HybridSequential()
-    net.add(d2lbn.HybridBatchNorm(3, 2))
+    net.add(cls(3, 2))
     net.initialize()
     net.hybridize()
     with pytest.raises(TypeError, match="nn.Sequential"):
@@ -90,7 +97,7 @@ def train_steps(net, n=3):
         trainer.step(8)
 
 
-@pytest.mark.parametrize("norm", ["scratch", "hybrid"])
+@pytest.mark.parametrize("norm", ["scratch", "hybrid", "fast"])
 def test_save_load_round_trip(tmp_path, norm):
     net = models.lenet(norm)
     net.initialize(mx.init.Xavier())
@@ -118,7 +125,7 @@ def test_net_on_second_cpu_context():
     assert not onp.allclose(net[1].moving_mean.data(ctx).asnumpy(), 0)
 
 
-@pytest.mark.parametrize("cls", [d2lbn.BatchNorm, d2lbn.HybridBatchNorm])
+@pytest.mark.parametrize("cls", [d2lbn.BatchNorm, d2lbn.HybridBatchNorm, FastBatchNorm])
 def test_bad_input(cls):
     bn = cls(3, num_dims=4)
     bn.initialize()

@@ -1,0 +1,305 @@
+"""``python -m d2lbn bench``: the from-scratch BatchNorms against Gluon's, on this machine.
+
+Three measurements in one run, so that they share the machine's state:
+(1) LeNet training throughput per BN variant (synthetic Fashion-MNIST-shaped
+batches, a fixed window of batches after warm-up, split into rounds that
+alternate the variants); (2) forward+backward median time of each BN
+implementation on a few shapes; (3) the copy bandwidth of the machine and,
+from it, the least time a BN forward+backward could take on each shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import mxnet as mx
+import numpy as onp
+from mxnet import autograd, gluon, init, np, npx
+from mxnet.gluon import nn
+
+from . import models
+from .fast import FastBatchNorm
+from .functional import batch_norm
+
+# LeNet variants: (norm for models.lenet, hybridize?)
+LENET = {
+    "scratch": ("scratch", False),     # the book's layer, imperative
+    "scratch_fast": ("fast", True),    # FastBatchNorm, each layer compiled
+    "gluon": ("gluon", False),         # nn.BatchNorm, imperative
+    "gluon_hybrid": ("gluon", True),   # nn.BatchNorm, the whole net one graph
+    "none": (None, True),              # no BN at all, one graph
+}
+OP_VARIANTS = ["scratch", "scratch_fast", "gluon", "gluon_hybrid"]
+DESCRIPTIONS = {
+    "lenet": "LeNet with BN before each sigmoid, SGD, synthetic Fashion-MNIST-shaped batches; "
+             "scratch: d2lbn.BatchNorm; scratch_fast: d2lbn.fast.FastBatchNorm, each layer "
+             "hybridized; gluon: nn.BatchNorm, imperative; gluon_hybrid: nn.BatchNorm, the "
+             "whole net one graph; none: no BN, one graph",
+    "ops": "one recorded forward and backward; scratch: d2lbn.batch_norm; scratch_fast: "
+           "FastBatchNorm hybridized; gluon: npx.batch_norm (fused), imperative; "
+           "gluon_hybrid: nn.BatchNorm hybridized; floor_ms: float32 bytes read and written "
+           "(X, Y forward; X, dY, dX backward) at the copy bandwidth",
+}
+SHAPES = [(256, 6, 24, 24), (256, 16, 8, 8), (256, 120), (64, 64, 56, 56)]
+# Float32 values a BN must move at least: forward reads X and writes Y,
+# backward reads X and dY and writes dX
+BYTES_PER_ELEMENT = 4 * (2 + 3)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The options; ``--quick`` shrinks every count that is not given explicitly."""
+    p = argparse.ArgumentParser(prog="python -m d2lbn bench", description=__doc__.split("\n")[0])
+    p.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    p.add_argument("--quick", action="store_true", help="small counts: done in under 2 minutes")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batches", type=int, help="LeNet timing window in batches (default 120)")
+    p.add_argument("--warmup", type=int, help="LeNet warm-up batches (default 10)")
+    p.add_argument("--rounds", type=int, help="the window is split into rounds (default 4)")
+    p.add_argument("--reps", type=int, help="timed repetitions per op measurement (default 25)")
+    p.add_argument("--shapes", type=_shapes, help="op shapes, e.g. 256x6x24x24,256x120")
+    p.add_argument("--copy-mb", type=int, help="array size of the copy measurement (default 256)")
+    p.add_argument("--variants", type=lambda s: s.split(","),
+                   help=f"LeNet variants to run (default all: {','.join(LENET)})")
+    args = p.parse_args(argv)
+    defaults = dict(batches=(120, 20), warmup=(10, 3), rounds=(4, 2), reps=(25, 5),
+                    copy_mb=(256, 64))
+    for name, (full, quick) in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
+    args.shapes = args.shapes or SHAPES
+    args.variants = args.variants or list(LENET)
+    unknown = set(args.variants) - set(LENET)
+    if unknown:
+        p.error(f"unknown variants {sorted(unknown)}; choose from {','.join(LENET)}")
+    if args.batches < 1 or args.rounds < 1 or args.reps < 1:
+        p.error("--batches, --rounds and --reps must be positive")
+    return args
+
+
+def _shapes(text: str) -> list[tuple[int, ...]]:
+    return [tuple(int(n) for n in s.split("x")) for s in text.split(",") if s]
+
+
+def machine() -> dict:
+    """What the numbers were measured on."""
+    model = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    features = mx.runtime.Features()
+    return {"cpu": model, "cores": os.cpu_count(), "mxnet": mx.__version__,
+            "numpy": onp.__version__, "python": platform.python_version(),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "mkldnn": features.is_enabled("MKLDNN"), "context": "cpu(0)"}
+
+
+def copy_bandwidth(megabytes: int, reps: int = 5) -> dict:
+    """Best copy rate of a large float32 array, in GB/s of bytes read plus written."""
+    n = megabytes * 2**20 // 4
+    src, dst = np.ones((n,), dtype="float32"), np.zeros((n,), dtype="float32")
+    src_np, dst_np = onp.ones((n,), dtype="float32"), onp.zeros((n,), dtype="float32")
+
+    def mx_copy():
+        src.copyto(dst)
+        dst.wait_to_read()
+
+    best = {}
+    for name, fn in (("mxnet", mx_copy), ("numpy", lambda: onp.copyto(dst_np, src_np))):
+        fn()
+        secs = min(_timed(fn) for _ in range(reps))
+        best[name] = 2 * 4 * n / secs / 1e9
+    return best
+
+
+def _timed(fn) -> float:
+    tic = time.perf_counter()
+    fn()
+    return time.perf_counter() - tic
+
+
+# --------------------------------------------------------------------------- LeNet
+def _lenet(variant: str, ctx: mx.Context):
+    norm, hybridize = LENET[variant]
+    net = models.lenet(norm)
+    net.initialize(init.Xavier(), ctx=ctx)
+    if hybridize:
+        net.hybridize()
+    trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.9})
+    return net, trainer
+
+
+def _train_batches(net, trainer, loss, batches, count: int) -> float:
+    """Train on ``count`` batches as ``train.train`` does; return the seconds taken."""
+    tic = time.perf_counter()
+    for i in range(count):
+        X, y = batches[i % len(batches)]
+        with autograd.record():
+            y_hat = net(X)
+            l = loss(y_hat, y)
+        l.backward()
+        trainer.step(X.shape[0])
+        # float() waits for the step, as in train.train, so the timer sees the work
+        float(l.sum())
+    return time.perf_counter() - tic
+
+
+def bench_lenet(args, ctx: mx.Context, log=print) -> list[dict]:
+    """Examples/s of LeNet training per variant over ``args.batches`` batches."""
+    rng = onp.random.default_rng(0)
+    mx.random.seed(0)
+    batches = [(np.array(rng.normal(size=(args.batch_size, 1, 28, 28)), dtype="float32",
+                         ctx=ctx),
+                np.array(rng.integers(0, 10, size=args.batch_size), dtype="float32", ctx=ctx))
+               for _ in range(4)]
+    loss = gluon.loss.SoftmaxCrossEntropyLoss()
+    runs = {v: _lenet(v, ctx) for v in args.variants}
+    for net, trainer in runs.values():
+        _train_batches(net, trainer, loss, batches, args.warmup)
+    secs = dict.fromkeys(runs, 0.0)
+    done = dict.fromkeys(runs, 0)
+    per_round = [args.batches // args.rounds + (r < args.batches % args.rounds)
+                 for r in range(args.rounds)]
+    for count in per_round:
+        for v, (net, trainer) in runs.items():  # rounds alternate the variants
+            secs[v] += _train_batches(net, trainer, loss, batches, count)
+            done[v] += count
+    out = [{"variant": v, "examples_per_sec": done[v] * args.batch_size / secs[v],
+            "batches": done[v]} for v in runs]
+    for row in out:
+        log(f"  lenet {row['variant']:>13s}: {row['examples_per_sec']:8.0f} examples/s")
+    return out
+
+
+# --------------------------------------------------------------------------- ops
+def _op_step(variant: str, shape, ctx: mx.Context):
+    """A closure running one recorded forward and backward of ``variant`` on ``shape``."""
+    rng = onp.random.default_rng(1)
+    C = shape[1]
+    pshape = (1, C) + (1,) * (len(shape) - 2)
+    X = np.array(rng.normal(2.0, 3.0, size=shape), dtype="float32", ctx=ctx)
+    head = np.array(rng.normal(size=shape), dtype="float32", ctx=ctx)
+    X.attach_grad()
+    if variant in ("scratch", "gluon"):
+        gamma, beta = np.ones(pshape, ctx=ctx), np.zeros(pshape, ctx=ctx)
+        mean, var = np.zeros(pshape, ctx=ctx), np.ones(pshape, ctx=ctx)
+        gamma.attach_grad()
+        beta.attach_grad()
+        if variant == "scratch":
+            def forward():
+                return batch_norm(X, gamma, beta, mean, var, 1e-5, 0.9)[0]
+        else:
+            g, b, m, v = (a.reshape(-1) for a in (gamma, beta, mean, var))
+
+            def forward():
+                return npx.batch_norm(X, g, b, m, v, eps=1e-5, momentum=0.9,
+                                      fix_gamma=False, axis=1)
+    else:
+        block = (FastBatchNorm(C, num_dims=len(shape)) if variant == "scratch_fast"
+                 else nn.BatchNorm(in_channels=C))
+        block.initialize(ctx=ctx)
+        block.hybridize()
+        forward = lambda: block(X)
+
+    def step():
+        with autograd.record():
+            Y = forward()
+        Y.backward(head)
+        X.grad.wait_to_read()
+
+    return step
+
+
+def bench_ops(args, ctx: mx.Context, copy_gbps: float, log=print) -> list[dict]:
+    """Median forward+backward milliseconds per implementation and shape, with the floor."""
+    out = []
+    for shape in args.shapes:
+        size = int(onp.prod(shape))
+        floor_ms = size * BYTES_PER_ELEMENT / (copy_gbps * 1e9) * 1e3
+        steps = {v: _op_step(v, shape, ctx) for v in OP_VARIANTS}
+        reps = {}
+        for variant, step in steps.items():
+            step()  # builds and warms up
+            first = _timed(step)
+            # The book's layer takes seconds on the large shape: fewer repetitions
+            reps[variant] = args.reps if first * args.reps < 20 else max(3, int(20 / first))
+        # Rounds alternate the implementations, so that a slow spell of a shared
+        # machine does not land on one of them only
+        times = {v: [] for v in steps}
+        rounds = min(args.rounds, min(reps.values()))
+        for r in range(rounds):
+            for variant, step in steps.items():
+                n = reps[variant] // rounds + (r < reps[variant] % rounds)
+                times[variant] += [_timed(step) for _ in range(n)]
+        for variant in steps:
+            ms = statistics.median(times[variant]) * 1e3
+            out.append({"shape": list(shape), "variant": variant, "fwd_bwd_ms": ms,
+                        "floor_ms": floor_ms, "reps": len(times[variant])})
+            log(f"  {'x'.join(map(str, shape)):>12s} {variant:>13s}: {ms:9.3f} ms "
+                f"(floor {floor_ms:.3g} ms)")
+        del steps
+        npx.waitall()
+    return out
+
+
+# --------------------------------------------------------------------------- report
+def table(result: dict) -> str:
+    """The results as two plain-text tables."""
+    lines = [f"copy bandwidth {result['copy_gbps']:.1f} GB/s (read + write), "
+             f"{result['machine']['cpu']}, {result['machine']['cores']} cores", ""]
+    lenet = {r["variant"]: r["examples_per_sec"] for r in result["lenet"]}
+    if lenet:
+        ref = lenet.get("gluon_hybrid")
+        lines.append(f"{'LeNet training':16s}{'examples/s':>12s}{'x gluon_hybrid':>16s}")
+        for v, eps in lenet.items():
+            ratio = f"{eps / ref:16.2f}" if ref else ""
+            lines.append(f"{v:16s}{eps:12.0f}{ratio}")
+        lines.append("")
+    shapes = []
+    for r in result["ops"]:
+        if r["shape"] not in shapes:
+            shapes.append(r["shape"])
+    if shapes:
+        ms = {(tuple(r["shape"]), r["variant"]): r for r in result["ops"]}
+        lines.append("forward+backward ms (median); floor = bytes moved / copy bandwidth")
+        lines.append(f"{'shape':18s}" + "".join(f"{v:>14s}" for v in OP_VARIANTS)
+                     + f"{'floor':>10s}")
+        for s in shapes:
+            row = [ms.get((tuple(s), v)) for v in OP_VARIANTS]
+            floor = next(r["floor_ms"] for r in row if r)
+            lines.append(f"{'x'.join(map(str, s)):18s}"
+                         + "".join(f"{r['fwd_bwd_ms']:14.3f}" if r else f"{'-':>14s}"
+                                   for r in row) + f"{floor:10.3g}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    """Run the benchmark; print the tables; write ``--json`` if asked; return 0."""
+    args = parse_args(argv)
+    ctx = mx.cpu()
+    result: dict = {"machine": machine(), "descriptions": DESCRIPTIONS, "settings": {
+        "quick": args.quick, "batch_size": args.batch_size, "batches": args.batches,
+        "warmup": args.warmup, "rounds": args.rounds, "reps": args.reps}}
+    print(f"[d2lbn] bench{' (quick)' if args.quick else ''} on {result['machine']['cpu']}",
+          flush=True)
+    rates = copy_bandwidth(args.copy_mb)
+    result["copy_gbps"] = max(rates.values())
+    result["machine"]["copy_gbps_by"] = rates
+    result["lenet"] = bench_lenet(args, ctx)
+    result["ops"] = bench_ops(args, ctx, result["copy_gbps"])
+    print()
+    print(table(result))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"\nwrote {args.json}")
+    return 0

@@ -1,0 +1,117 @@
+"""What only the fast BN has: float32 accuracy, free batch size, LeNet use, the benchmark.
+
+Its values, gradients and moving statistics are checked against MXNet's operator
+with the book's function in test_functional.py and test_layers.py.
+"""
+
+import json
+
+import mxnet as mx
+import numpy as onp
+import pytest
+from mxnet import autograd, np
+from test_functional import NAMES, numpy_batch_norm, ours, param_shape
+
+from d2lbn import bench, models
+from d2lbn.fast import FastBatchNorm, batch_norm_fast
+from d2lbn.functional import channel_axes
+
+
+@pytest.mark.parametrize("shape", [(64, 3, 12, 12), (512, 4)], ids=str)
+def test_float32_accuracy_with_large_mean(shape):
+    """X = 1000 + N(0, 1): E[x^2] - E[x]^2 in float32 would lose the variance.
+
+    1000^2 = 1e6, whose float32 spacing is 0.06: a naive one-pass variance is
+    off by percents. The fast version must stay close to a float64 reference.
+    """
+    rng = onp.random.default_rng(3)
+    ps = param_shape(shape)
+    arrays = [1000 + rng.normal(size=shape), rng.uniform(0.5, 2, size=ps),
+              rng.normal(size=ps), onp.zeros(ps), onp.ones(ps), rng.normal(size=shape)]
+    inputs = [np.array(a, dtype="float32") for a in arrays]
+    want = numpy_batch_norm(*[a.asnumpy().astype("float64") for a in inputs])
+    for name, g, w in zip(NAMES, ours(*inputs, fn=batch_norm_fast), want):
+        # within 1e-4 of the largest magnitude of each result (dgamma sums many terms)
+        err = onp.abs(g.asnumpy() - w).max()
+        assert err <= 1e-4 * max(1.0, onp.abs(w).max()), (name, err)
+    # A naive one-pass variance really is wrong here, so the test means something
+    X = inputs[0].asnumpy()
+    axes = channel_axes(X.ndim)
+    naive = (X * X).mean(axis=axes) - X.mean(axis=axes) ** 2
+    assert onp.abs(naive - X.astype("float64").var(axis=axes)).max() > 1e-2
+
+
+def block_step(layer, X, head):
+    """One recorded forward and backward; return output and gradients."""
+    with autograd.record():
+        Y = layer(X)
+    Y.backward(head)
+    return Y, layer.gamma.grad().copy(), layer.beta.grad().copy()
+
+
+def batch(shape, seed=0):
+    return np.array(onp.random.default_rng(seed).normal(2, 3, size=shape), dtype="float32")
+
+
+def test_batch_size_may_change_after_hybridizing():
+    plain, hybrid = FastBatchNorm(3, 4), FastBatchNorm(3, 4)
+    plain.initialize()
+    hybrid.initialize()
+    hybrid.hybridize()  # static_alloc and static_shape by default
+    for n in (8, 4, 8, 5):
+        X, head = batch((n, 3, 5, 5), n), batch((n, 3, 5, 5), 10 + n)
+        for g, w in zip(block_step(hybrid, X, head), block_step(plain, X, head)):
+            onp.testing.assert_allclose(g.asnumpy(), w.asnumpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_block_bookkeeping_and_checks():
+    bn = FastBatchNorm(3, num_dims=4)
+    bn.initialize()
+    assert bn.moving_mean.shape == (1, 3, 1, 1) and bn.moving_var.grad_req == "null"
+    assert (bn.eps, bn.momentum) == (1e-5, 0.9)
+    assert repr(bn) == "FastBatchNorm(3, num_dims=4, eps=1e-05, momentum=0.9)"
+    with pytest.raises(ValueError, match=r"3 channels.*got 5"):
+        bn(batch((2, 5, 4, 4)))
+    with pytest.raises(ValueError, match="num_dims"):
+        FastBatchNorm(3, num_dims=6)
+
+
+def test_lenet_fast_trains_and_round_trips(tmp_path):
+    net = models.lenet("fast")
+    net.initialize(mx.init.Xavier())
+    net.hybridize()
+    trainer = mx.gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.1})
+    loss = mx.gluon.loss.SoftmaxCrossEntropyLoss()
+    for i in range(2):
+        X, y = batch((8, 1, 28, 28), i), np.array(onp.arange(8) % 10)
+        with autograd.record():
+            l = loss(net(X), y)
+        l.backward()
+        trainer.step(8)
+    assert isinstance(net[1], FastBatchNorm)
+    assert not onp.allclose(net[1].moving_var.data().asnumpy(), 1)  # statistics moved
+    path = str(tmp_path / "lenet.params")
+    net.save_parameters(path)
+    clone = models.lenet("fast")
+    clone.load_parameters(path)
+    X = batch((5, 1, 28, 28), 42)
+    onp.testing.assert_allclose(clone(X).asnumpy(), net(X).asnumpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_bench_quick_json(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    code = bench.main(["--json", str(path), "--batch-size", "8", "--batches", "2",
+                       "--warmup", "1", "--reps", "2", "--copy-mb", "4",
+                       "--shapes", "4x3x5x5,6x7"])
+    assert code == 0
+    result = json.loads(path.read_text())
+    assert {"machine", "copy_gbps", "lenet", "ops"} <= set(result)
+    assert result["copy_gbps"] > 0
+    assert [r["variant"] for r in result["lenet"]] == [
+        "scratch", "scratch_fast", "gluon", "gluon_hybrid", "none"]
+    assert all(r["examples_per_sec"] > 0 for r in result["lenet"])
+    ops = {(tuple(r["shape"]), r["variant"]) for r in result["ops"]}
+    assert ops == {(s, v) for s in [(4, 3, 5, 5), (6, 7)]
+                   for v in ["scratch", "scratch_fast", "gluon", "gluon_hybrid"]}
+    assert all(r["fwd_bwd_ms"] > 0 and r["floor_ms"] > 0 for r in result["ops"])
+    assert "examples/s" in capsys.readouterr().out
