@@ -23,7 +23,7 @@ import numpy as onp
 from mxnet import autograd, gluon, init, np, npx
 from mxnet.gluon import nn
 
-from . import models
+from . import config, models
 from .fast import FastBatchNorm
 from .functional import batch_norm
 
@@ -67,6 +67,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--variants", type=lambda s: s.split(","),
                    help=f"LeNet variants to run (default all: {','.join(LENET)})")
     args = p.parse_args(argv)
+    # Quick mode (D2LBN_QUICK=1) is --quick, so that notebooks never branch on it
+    args.quick = args.quick or config.is_quick()
+    if config.is_quick():
+        config.announce()
     defaults = dict(batches=(120, 20), warmup=(10, 3), rounds=(4, 2), reps=(25, 5),
                     copy_mb=(256, 64))
     for name, (full, quick) in defaults.items():
@@ -119,6 +123,12 @@ def copy_bandwidth(megabytes: int, reps: int = 5) -> dict:
         secs = min(_timed(fn) for _ in range(reps))
         best[name] = 2 * 4 * n / secs / 1e9
     return best
+
+
+def median_ms(fn, reps: int = 25) -> float:
+    """Median milliseconds of ``fn()`` (which must wait for its result) after a warm-up call."""
+    fn()
+    return statistics.median(_timed(fn) for _ in range(config.steps(reps))) * 1e3
 
 
 def _timed(fn) -> float:

@@ -58,3 +58,14 @@ def lines(x, groups: dict[str, list[list[float]]], xlabel: str, ylabel: str,
     ax.legend(fontsize="small")
     fig.tight_layout()
     return fig
+
+
+def barh(values: dict[str, float], xlabel: str, log: bool = False):
+    """Horizontal bars, one per named value, in the given order from the top."""
+    fig, ax = plt.subplots(figsize=(6, 0.35 * len(values) + 0.9))
+    names = list(values)[::-1]
+    ax.barh(names, [values[n] for n in names], color="tab:blue")
+    ax.set(xlabel=xlabel, xscale="log" if log else "linear")
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    return fig

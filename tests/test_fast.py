@@ -115,3 +115,13 @@ def test_bench_quick_json(tmp_path, capsys):
                    for v in ["scratch", "scratch_fast", "gluon", "gluon_hybrid"]}
     assert all(r["fwd_bwd_ms"] > 0 and r["floor_ms"] > 0 for r in result["ops"])
     assert "examples/s" in capsys.readouterr().out
+
+
+def test_quick_mode_is_bench_quick(monkeypatch):
+    assert not bench.parse_args([]).quick
+    monkeypatch.setenv("D2LBN_QUICK", "1")
+    args = bench.parse_args([])
+    assert args.quick and args.batches == 20 and args.reps == 5
+    calls = []
+    assert bench.median_ms(lambda: calls.append(1), reps=25) >= 0
+    assert len(calls) == 1 + 8  # a warm-up, then quick mode's capped repetitions

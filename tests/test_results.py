@@ -69,6 +69,8 @@ def test_plots_draw():
     assert len(fig.axes) == 2 and len(fig.axes[0].lines) == 2
     fig = plot.lines([1, 2], {"a": [[0.1, 0.2], [0.3, 0.4]]}, "x", "y", logx=True)
     assert len(fig.axes[0].lines) == 2 and fig.axes[0].get_xscale() == "log"
+    fig = plot.barh({"a": 1.0, "b": 2.0}, "ms", log=True)
+    assert len(fig.axes[0].patches) == 2
 
 
 def make_nb(count=None, error=False, stamped=True):
