@@ -69,10 +69,13 @@ class _BatchNormBase:
 
     def _store(self, moving_mean, moving_var) -> None:
         # Outside the recording: a write into an array that a recorded graph has
-        # seen is refused, and the statistics need no gradient anyway
+        # seen is refused, and the statistics need no gradient anyway. copyto per
+        # context, not Parameter.set_data: its index assignment costs 0.2 ms of
+        # Python per call against 0.035 ms
         with autograd.pause():
-            self.moving_mean.set_data(moving_mean)
-            self.moving_var.set_data(moving_var)
+            for param, value in ((self.moving_mean, moving_mean), (self.moving_var, moving_var)):
+                for arr in param.list_data():
+                    value.copyto(arr)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.num_features}, num_dims={self.num_dims}, "
