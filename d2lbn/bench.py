@@ -26,6 +26,7 @@ from mxnet.gluon import nn
 from . import config, models
 from .fast import FastBatchNorm
 from .functional import batch_norm
+from .train import sgd_step
 
 # LeNet variants: (norm for models.lenet, hybridize?)
 LENET = {
@@ -152,12 +153,7 @@ def _train_batches(net, trainer, loss, batches, count: int) -> float:
     """Train on ``count`` batches as ``train.train`` does; return the seconds taken."""
     tic = time.perf_counter()
     for i in range(count):
-        X, y = batches[i % len(batches)]
-        with autograd.record():
-            y_hat = net(X)
-            l = loss(y_hat, y)
-        l.backward()
-        trainer.step(X.shape[0])
+        l, _ = sgd_step(net, trainer, loss, *batches[i % len(batches)])
         # float() waits for the step, as in train.train, so the timer sees the work
         float(l.sum())
     return time.perf_counter() - tic

@@ -31,15 +31,16 @@ def epochs(num_epochs: int) -> int:
     """The number of epochs to run: ``num_epochs``, capped in quick mode."""
     if num_epochs < 1:
         raise ValueError(f"num_epochs must be at least 1, got {num_epochs}")
-    if is_quick():
-        announce()
-        return min(num_epochs, QUICK_EPOCHS)
-    return num_epochs
+    return _capped(num_epochs, QUICK_EPOCHS)
 
 
 def steps(num_steps: int) -> int:
     """The number of SGD steps to run: ``num_steps``, capped in quick mode."""
+    return _capped(num_steps, QUICK_STEPS)
+
+
+def _capped(n: int, cap: int) -> int:
     if is_quick():
         announce()
-        return min(num_steps, QUICK_STEPS)
-    return num_steps
+        return min(n, cap)
+    return n

@@ -24,11 +24,7 @@ def strip(nb) -> None:
     for cell in nb.cells:
         for key in VOLATILE:
             cell.metadata.pop(key, None)
-        if cell.cell_type == "code":
-            cell.execution_count = None
-            for out in cell.outputs:
-                if "execution_count" in out:
-                    out.execution_count = None
+    _set_execution_counts(nb, numbered=False)
     nb.metadata.pop("widgets", None)
     nb.metadata.get("language_info", {}).pop("version", None)
 
@@ -43,17 +39,25 @@ def numbered_copies(dest: str | Path, paths: list[Path] | None = None) -> list[P
     copies = []
     for path in paths or sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")):
         nb = nbformat.read(path, as_version=4)
-        count = 0
-        for cell in nb.cells:
-            if cell.cell_type == "code" and cell.outputs:
-                count += 1
-                cell.execution_count = count
-                for out in cell.outputs:
-                    if "execution_count" in out:
-                        out.execution_count = count
+        _set_execution_counts(nb, numbered=True)
         copies.append(dest / path.name)
         nbformat.write(nb, copies[-1])
     return copies
+
+
+def _set_execution_counts(nb, numbered: bool) -> None:
+    """Number the code cells that have outputs 1, 2, ... (``numbered``), or clear all counts."""
+    count = 0
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        if numbered and cell.outputs:
+            count += 1
+        value = count if numbered and cell.outputs else None
+        cell.execution_count = value
+        for out in cell.outputs:
+            if "execution_count" in out:
+                out.execution_count = value
 
 
 def code_digest(nb) -> str:

@@ -77,6 +77,13 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), sd
 
 
+def format_mean_sd(metric: str, values: list[float]) -> str:
+    """``mean ± sd``: whole examples/s, three decimals for losses and accuracies."""
+    mean, sd = mean_sd(values)
+    digits = 0 if metric == "examples_per_sec" else 3
+    return f"{mean:.{digits}f} ± {sd:.{digits}f}"
+
+
 def compare(groups: dict[str, list[History]], book: dict[str, dict] | None = None):
     """A table of final-epoch figures, mean ± sd over seeds, beside the book's."""
     import pandas as pd
@@ -85,9 +92,7 @@ def compare(groups: dict[str, list[History]], book: dict[str, dict] | None = Non
     for name, runs in groups.items():
         row = {}
         for m in METRICS:
-            mean, sd = mean_sd([h.final()[m] for h in runs])
-            digits = 0 if m == "examples_per_sec" else 3
-            row[m] = f"{mean:.{digits}f} ± {sd:.{digits}f}"
+            row[m] = format_mean_sd(m, [h.final()[m] for h in runs])
         row["device"], row["seeds"] = runs[0].device, len(runs)
         rows[name] = row
     for name, figures in (book or {}).items():
@@ -127,10 +132,7 @@ def summary_markdown(summary: dict) -> str:
         if "seeds" in e:
             cells += [", ".join(map(str, e["seeds"])), str(e["epochs"]), f"{e['lr']:g}",
                       str(e["batch_size"]), e["device"]]
-            for m in METRICS:
-                mean, sd = mean_sd(e[m])
-                d = 0 if m == "examples_per_sec" else 3
-                cells.append(f"{mean:.{d}f} ± {sd:.{d}f}")
+            cells += [format_mean_sd(m, e[m]) for m in METRICS]
         else:
             cells += ["–"] * 9
         lines.append("| " + " | ".join(cells) + " |")

@@ -84,6 +84,16 @@ def in_notebook() -> bool:
     return ip is not None and type(ip).__name__ == "ZMQInteractiveShell"
 
 
+def sgd_step(net, trainer, loss, X, y):
+    """One recorded forward, backward and update on a batch; return ``(l, y_hat)``."""
+    with autograd.record():
+        y_hat = net(X)
+        l = loss(y_hat, y)
+    l.backward()
+    trainer.step(X.shape[0])
+    return l, y_hat
+
+
 def train(net, train_iter, test_iter, num_epochs: int, lr: float,
           device: mx.Context | None = None, seed: int | None = 0,
           animate: bool | None = None, hybridize: bool = False) -> History:
@@ -112,11 +122,7 @@ def train(net, train_iter, test_iter, num_epochs: int, lr: float,
         for X, y in train_iter:
             tic = time.perf_counter()
             X, y = X.as_in_ctx(device), y.as_in_ctx(device)
-            with autograd.record():
-                y_hat = net(X)
-                l = loss(y_hat, y)
-            l.backward()
-            trainer.step(X.shape[0])
+            l, y_hat = sgd_step(net, trainer, loss, X, y)
             # float() waits for the step to finish, so the timer sees real work
             loss_sum += float(l.sum())
             correct += accuracy(y_hat, y)
@@ -152,11 +158,7 @@ def test_acc_after_steps(net, train_iter, test_iter, lr: float, checkpoints: lis
     accs, step = [], 0
     while step < checkpoints[-1]:
         for X, y in train_iter:
-            X, y = X.as_in_ctx(device), y.as_in_ctx(device)
-            with autograd.record():
-                l = loss(net(X), y)
-            l.backward()
-            trainer.step(X.shape[0])
+            sgd_step(net, trainer, loss, X.as_in_ctx(device), y.as_in_ctx(device))
             step += 1
             if step in checkpoints:
                 accs.append(evaluate_accuracy(net, test_iter, device))
