@@ -9,8 +9,10 @@ import json
 import mxnet as mx
 import numpy as onp
 import pytest
-from mxnet import autograd, np
+from mxnet import np
 from test_functional import NAMES, numpy_batch_norm, ours, param_shape
+from test_layers import batch, train_steps
+from test_layers import step as block_step
 
 from d2lbn import bench, models
 from d2lbn.fast import FastBatchNorm, batch_norm_fast
@@ -41,18 +43,6 @@ def test_float32_accuracy_with_large_mean(shape):
     assert onp.abs(naive - X.astype("float64").var(axis=axes)).max() > 1e-2
 
 
-def block_step(layer, X, head):
-    """One recorded forward and backward; return output and gradients."""
-    with autograd.record():
-        Y = layer(X)
-    Y.backward(head)
-    return Y, layer.gamma.grad().copy(), layer.beta.grad().copy()
-
-
-def batch(shape, seed=0):
-    return np.array(onp.random.default_rng(seed).normal(2, 3, size=shape), dtype="float32")
-
-
 def test_batch_size_may_change_after_hybridizing():
     plain, hybrid = FastBatchNorm(3, 4), FastBatchNorm(3, 4)
     plain.initialize()
@@ -80,14 +70,7 @@ def test_lenet_fast_trains_and_round_trips(tmp_path):
     net = models.lenet("fast")
     net.initialize(mx.init.Xavier())
     net.hybridize()
-    trainer = mx.gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.1})
-    loss = mx.gluon.loss.SoftmaxCrossEntropyLoss()
-    for i in range(2):
-        X, y = batch((8, 1, 28, 28), i), np.array(onp.arange(8) % 10)
-        with autograd.record():
-            l = loss(net(X), y)
-        l.backward()
-        trainer.step(8)
+    train_steps(net, n=2)
     assert isinstance(net[1], FastBatchNorm)
     assert not onp.allclose(net[1].moving_var.data().asnumpy(), 1)  # statistics moved
     path = str(tmp_path / "lenet.params")

@@ -3,11 +3,11 @@
 import mxnet as mx
 import numpy as onp
 import pytest
-from mxnet import autograd, gluon, np
+from mxnet import gluon, np
 from mxnet.gluon import nn
 
 import d2lbn
-from d2lbn import fold, models
+from d2lbn import fold, models, train
 
 
 def trained(norm, use_bias=True):
@@ -20,10 +20,7 @@ def trained(norm, use_bias=True):
     for _ in range(5):
         X = np.array(rng.uniform(size=(16, 1, 28, 28)), dtype="float32")
         y = np.array(rng.integers(0, 10, size=16), dtype="float32")
-        with autograd.record():
-            l = loss(net(X), y)
-        l.backward()
-        trainer.step(16)
+        train.sgd_step(net, trainer, loss, X, y)
     return net
 
 

@@ -9,7 +9,7 @@ from mxnet import autograd, gluon, np
 from mxnet.gluon import nn
 
 import d2lbn
-from d2lbn import models
+from d2lbn import models, train
 from d2lbn.fast import FastBatchNorm
 
 
@@ -90,11 +90,7 @@ def train_steps(net, n=3):
     trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.1})
     loss = gluon.loss.SoftmaxCrossEntropyLoss()
     for i in range(n):
-        X, y = batch((8, 1, 28, 28), i), np.array(onp.arange(8) % 10)
-        with autograd.record():
-            l = loss(net(X), y)
-        l.backward()
-        trainer.step(8)
+        train.sgd_step(net, trainer, loss, batch((8, 1, 28, 28), i), np.array(onp.arange(8) % 10))
 
 
 @pytest.mark.parametrize("norm", ["scratch", "hybrid", "fast"])
