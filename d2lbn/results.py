@@ -129,7 +129,14 @@ def summary_markdown(summary: dict) -> str:
              "| test acc | examples/s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for stem, e in summary["notebooks"].items():
         cells = [f"`{stem}`", f"{e['wall_s']:.0f} s"]
-        if "seeds" in e:
+        if "groups" in e:
+            # A sweep: its settings' figures are in runs/<stem>.json and the notebook
+            lrs = sorted({g["lr"] for g in e["groups"].values()})
+            lr = f"{lrs[0]:g}" if len(lrs) == 1 else f"{lrs[0]:g} to {lrs[-1]:g}"
+            cells += [", ".join(map(str, e["seeds"])), str(e["epochs"]), lr,
+                      str(e["batch_size"]), e["device"]]
+            cells += [f"{len(e['groups'])} settings"] + ["–"] * (len(METRICS) - 1)
+        elif "seeds" in e:
             cells += [", ".join(map(str, e["seeds"])), str(e["epochs"]), f"{e['lr']:g}",
                       str(e["batch_size"]), e["device"]]
             cells += [format_mean_sd(m, e[m]) for m in METRICS]

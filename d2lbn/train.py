@@ -96,11 +96,13 @@ def sgd_step(net, trainer, loss, X, y):
 
 def train(net, train_iter, test_iter, num_epochs: int, lr: float,
           device: mx.Context | None = None, seed: int | None = 0,
-          animate: bool | None = None, hybridize: bool = False) -> History:
+          animate: bool | None = None, hybridize: bool = False,
+          quiet: bool = False) -> History:
     """Train ``net`` with SGD on softmax cross-entropy (Xavier init); return its History.
 
     Draws d2l's Animator in a notebook (``animate=None``), logs one line per epoch
-    elsewhere. ``seed`` makes CPU runs repeatable; quick mode caps the epochs.
+    elsewhere (``quiet``: neither, nor the closing summary). ``seed`` makes CPU runs
+    repeatable; quick mode caps the epochs.
     """
     if lr <= 0:
         raise ValueError(f"lr must be positive, got {lr}")
@@ -135,12 +137,13 @@ def train(net, train_iter, test_iter, num_epochs: int, lr: float,
         if animator:
             animator.add(epoch + 1, (history.loss[-1], history.train_acc[-1],
                                      history.test_acc[-1]))
-        else:
+        elif not quiet:
             print(f"epoch {epoch + 1}/{num_epochs}: loss {history.loss[-1]:.3f}, train acc "
                   f"{history.train_acc[-1]:.3f}, test acc {history.test_acc[-1]:.3f}, "
                   f"{history.examples_per_sec[-1]:.0f} examples/s", flush=True)
     history.wall_s = time.perf_counter() - start
-    print(history.summary())
+    if not quiet:
+        print(history.summary())
     return history
 
 
