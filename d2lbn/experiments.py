@@ -16,17 +16,23 @@ Settings = dict[str, tuple[Callable[[], object], float]]
 
 
 def sweep(settings: Settings, train_iter, test_iter, num_epochs: int,
-          seeds: tuple[int, ...] = (0, 1), device=None,
-          hybridize: bool = True) -> dict[str, list[train.History]]:
-    """Train every setting once per seed; print one line per run; return the runs by name."""
+          seeds: tuple[int, ...] = (0, 1), device=None, hybridize: bool = True,
+          measure: dict[str, Callable] | None = None) -> dict[str, list[train.History]]:
+    """Train every setting once per seed; print one line per run; return the runs by name.
+
+    ``measure`` maps names to functions of the trained net; their values go to
+    each run's ``History.extra``.
+    """
     if not settings or not seeds:
         raise ValueError("sweep() needs at least one setting and one seed")
     groups, done, total = {}, 0, len(settings) * len(seeds)
     for name, (make_net, lr) in settings.items():
         groups[name] = []
         for seed in seeds:
-            h = train.train(make_net(), train_iter, test_iter, num_epochs, lr, device=device,
+            net = make_net()
+            h = train.train(net, train_iter, test_iter, num_epochs, lr, device=device,
                             seed=seed, animate=False, hybridize=hybridize, quiet=True)
+            h.extra = {key: fn(net) for key, fn in (measure or {}).items()}
             groups[name].append(h)
             done += 1
             f = h.final()

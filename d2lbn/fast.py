@@ -44,27 +44,30 @@ from __future__ import annotations
 import mxnet as mx
 from mxnet import autograd
 
+from .functional import check_normalize
 from .layers import HybridBatchNorm
 
 
-def batch_norm_fast(X, gamma, beta, moving_mean, moving_var, eps, momentum):
+def batch_norm_fast(X, gamma, beta, moving_mean, moving_var, eps, momentum,
+                    normalize="full"):
     """``batch_norm`` built from fast kernels; return ``(Y, moving_mean, moving_var)``."""
     return batch_norm_fast_graph(mx, X, gamma, beta, moving_mean, moving_var, eps, momentum,
                                  num_features=X.shape[1], spatial=tuple(X.shape[2:]),
-                                 training=autograd.is_training())
+                                 training=autograd.is_training(), normalize=normalize)
 
 
 def batch_norm_fast_graph(F, X, gamma, beta, moving_mean, moving_var, eps, momentum,
-                          num_features, spatial, training):
+                          num_features, spatial, training, normalize="full"):
     """``batch_norm_fast`` for ``F`` = ``mx``, ``mx.nd`` or ``mx.sym``.
 
     ``spatial`` is the input's shape after the channel axis (``()`` for 2-D
     input): the graph is built for it, the batch size stays free.
     """
+    check_normalize(normalize)
     C = num_features
     if not spatial:
         return _batch_norm_2d(F, X, gamma, beta, moving_mean, moving_var, eps, momentum,
-                              training)
+                              training, normalize)
     # Everything runs on 4-D (N, C, H, W): 3-D input is viewed as (N, C, 1, L),
     # 5-D input as (N, C, D*H, W)
     if len(spatial) == 1:
@@ -75,8 +78,10 @@ def batch_norm_fast_graph(F, X, gamma, beta, moving_mean, moving_var, eps, momen
         X4, hw = X, spatial
     g, b = gamma.reshape(-1), beta.reshape(-1)
     if not training:
-        a = g / F.np.sqrt(moving_var.reshape(-1) + eps)
-        Y = _affine(F, X4, a, b - a * moving_mean.reshape(-1), C)
+        a = _scale(F, g, moving_var.reshape(-1), eps, normalize)
+        # a * X + b for "var" (no centring), else a * (X - moving_mean) + b
+        shift = b if normalize == "var" else b - a * moving_mean.reshape(-1)
+        Y = _affine(F, X4, a, shift, C)
         return _like(F, Y, X, spatial), moving_mean, moving_var
     H, W = hw
     # The shift K: each channel's mean over the first example (no gradient).
@@ -92,12 +97,21 @@ def batch_norm_fast_graph(F, X, gamma, beta, moving_mean, moving_var, eps, momen
     S1, S2, count = _channel_sums(F, Xc, F.np.square(Xc), hw, C)
     S1, S2 = S1 / count, S2 / count
     mean, var = K + S1, S2 - F.np.square(S1)
-    a = g / F.np.sqrt(var + eps)
-    Y = _affine(F, Xc, a, b - a * S1, C)
+    a = _scale(F, g, var, eps, normalize)
+    # Y = a * (X - mean) + b = a * (Xc - S1) + b; "var" does not centre:
+    # a * X + b = a * (Xc + K) + b. Both from Xc, not X4: X's gradient then
+    # comes back through one convolution instead of two summed
+    shift = b + a * K if normalize == "var" else b - a * S1
+    Y = _affine(F, Xc, a, shift, C)
     # Gluon's convention: momentum is the weight of the old value
     moving_mean = momentum * moving_mean + (1.0 - momentum) * F.npx.reshape_like(mean, gamma)
     moving_var = momentum * moving_var + (1.0 - momentum) * F.npx.reshape_like(var, gamma)
     return _like(F, Y, X, spatial), moving_mean, moving_var
+
+
+def _scale(F, gamma, var, eps, normalize):
+    """The per-channel factor on X: ``gamma``, over ``sqrt(var + eps)`` unless only centring."""
+    return gamma if normalize == "mean" else gamma / F.np.sqrt(var + eps)
 
 
 def _stop_gradient(x):
@@ -147,22 +161,24 @@ def _channel_sums(F, A, B, hw, C):
     return sums[:C], sums[C:], ones_n.sum() * (H * W)
 
 
-def _batch_norm_2d(F, X, gamma, beta, moving_mean, moving_var, eps, momentum, training):
+def _batch_norm_2d(F, X, gamma, beta, moving_mean, moving_var, eps, momentum, training,
+                   normalize):
     """(N, C) input: sums over the batch as ``ones @ X``, spreading back as ``ones @ v``."""
     # Broadcasting arithmetic would be fine forward, but its backward sums over
     # the batch with the slow reduce kernel; matrix products go both ways fast.
     # (A reshape to its own shape gives a plain layout that slicing can read.)
     ones = F.np.ones_like(F.npx.reshape(X, (-2, -2))[:, 0:1])    # (N, 1)
     if not training:
-        a = gamma / F.np.sqrt(moving_var + eps)
-        return (X * F.np.dot(ones, a) + F.np.dot(ones, beta - a * moving_mean), moving_mean,
-                moving_var)
+        a = _scale(F, gamma, moving_var, eps, normalize)
+        shift = beta if normalize == "var" else beta - a * moving_mean
+        return X * F.np.dot(ones, a) + F.np.dot(ones, shift), moving_mean, moving_var
     n = ones.sum()
     mean = F.np.dot(ones.T, X) / n                               # (1, C)
     Xc = X - F.np.dot(ones, mean)
     var = F.np.dot(ones.T, F.np.square(Xc)) / n
-    a = gamma / F.np.sqrt(var + eps)
-    Y = Xc * F.np.dot(ones, a) + F.np.dot(ones, beta)
+    a = _scale(F, gamma, var, eps, normalize)
+    # "var" scales X itself: var is still the spread around the mean
+    Y = (X if normalize == "var" else Xc) * F.np.dot(ones, a) + F.np.dot(ones, beta)
     moving_mean = momentum * moving_mean + (1.0 - momentum) * mean
     moving_var = momentum * moving_var + (1.0 - momentum) * var
     return Y, moving_mean, moving_var
@@ -177,8 +193,9 @@ class FastBatchNorm(HybridBatchNorm):
     """
 
     def __init__(self, num_features: int, num_dims: int, eps: float = 1e-5,
-                 momentum: float = 0.9, **kwargs):
-        super().__init__(num_features, num_dims, eps=eps, momentum=momentum, **kwargs)
+                 momentum: float = 0.9, normalize: str = "full", **kwargs):
+        super().__init__(num_features, num_dims, eps=eps, momentum=momentum,
+                         normalize=normalize, **kwargs)
         self._traced_spatial = None
 
     def hybridize(self, active=True, **kwargs):
@@ -200,7 +217,7 @@ class FastBatchNorm(HybridBatchNorm):
         return batch_norm_fast_graph(F, X, gamma, beta, moving_mean, moving_var, self.eps,
                                      self.momentum, num_features=self.num_features,
                                      spatial=self._traced_spatial,
-                                     training=self._traced_training)
+                                     training=self._traced_training, normalize=self.normalize)
 
 
 __all__ = ["FastBatchNorm", "batch_norm_fast", "batch_norm_fast_graph"]

@@ -11,6 +11,8 @@ from .layers import BatchNorm, HybridBatchNorm
 def bn_affine(bn):
     """BN in prediction mode as ``scale * x + shift`` per channel: ``(scale, shift)``."""
     if isinstance(bn, (BatchNorm, HybridBatchNorm)):
+        if bn.normalize != "full":
+            raise ValueError(f"can only fold full batch norm, not normalize={bn.normalize!r}")
         mean, var, eps = bn.moving_mean.data(), bn.moving_var.data(), bn.eps
     elif isinstance(bn, nn.BatchNorm):
         mean, var, eps = bn.running_mean.data(), bn.running_var.data(), bn._kwargs["eps"]

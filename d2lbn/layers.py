@@ -9,7 +9,7 @@ import numpy as onp
 from mxnet import autograd, init
 from mxnet.gluon import nn
 
-from .functional import batch_norm, batch_norm_graph, channel_axes
+from .functional import batch_norm, batch_norm_graph, channel_axes, check_normalize
 
 
 def check_input(X, num_features: int, num_dims: int) -> None:
@@ -38,7 +38,8 @@ def warn_if_degenerate(X) -> bool:
 class _BatchNormBase:
     """Shared parameters and checks of the two BatchNorm Blocks."""
 
-    def _setup(self, num_features: int, num_dims: int, eps: float, momentum: float) -> None:
+    def _setup(self, num_features: int, num_dims: int, eps: float, momentum: float,
+               normalize: str) -> None:
         if not isinstance(num_dims, int) or not 2 <= num_dims <= 5:
             raise ValueError(f"num_dims must be 2, 3, 4 or 5, got {num_dims!r}")
         if not isinstance(num_features, int) or num_features < 1:
@@ -49,6 +50,7 @@ class _BatchNormBase:
             raise ValueError(f"eps must be positive, got {eps}")
         self.num_features, self.num_dims = num_features, num_dims
         self.eps, self.momentum = eps, momentum
+        self.normalize = check_normalize(normalize)
         shape = (1, num_features) + (1,) * (num_dims - 2)
         self.gamma = self.params.get("gamma", shape=shape, init=init.One())
         self.beta = self.params.get("beta", shape=shape, init=init.Zero())
@@ -78,17 +80,19 @@ class _BatchNormBase:
                     value.copyto(arr)
 
     def __repr__(self) -> str:
+        # Only a lite layer names its mode: the book's layer prints as it always did
+        lite = "" if self.normalize == "full" else f", normalize={self.normalize!r}"
         return (f"{type(self).__name__}({self.num_features}, num_dims={self.num_dims}, "
-                f"eps={self.eps}, momentum={self.momentum})")
+                f"eps={self.eps}, momentum={self.momentum}{lite})")
 
 
 class BatchNorm(_BatchNormBase, nn.Block):
     """The chapter's BatchNorm layer: ``batch_norm`` plus its parameters and state."""
 
     def __init__(self, num_features: int, num_dims: int, eps: float = 1e-5,
-                 momentum: float = 0.9, **kwargs):
+                 momentum: float = 0.9, normalize: str = "full", **kwargs):
         super().__init__(**kwargs)
-        self._setup(num_features, num_dims, eps, momentum)
+        self._setup(num_features, num_dims, eps, momentum, normalize)
 
     def forward(self, X):
         self._check(X)
@@ -97,7 +101,8 @@ class BatchNorm(_BatchNormBase, nn.Block):
         # else writing the new values back into them is refused
         Y, moving_mean, moving_var = batch_norm(
             X, self.gamma.data(ctx), self.beta.data(ctx), self.moving_mean.data(ctx).detach(),
-            self.moving_var.data(ctx).detach(), eps=self.eps, momentum=self.momentum)
+            self.moving_var.data(ctx).detach(), eps=self.eps, momentum=self.momentum,
+            normalize=self.normalize)
         if autograd.is_training():
             self._store(moving_mean, moving_var)
         return Y
@@ -113,9 +118,9 @@ class HybridBatchNorm(_BatchNormBase, nn.HybridBlock):
     """
 
     def __init__(self, num_features: int, num_dims: int, eps: float = 1e-5,
-                 momentum: float = 0.9, **kwargs):
+                 momentum: float = 0.9, normalize: str = "full", **kwargs):
         super().__init__(**kwargs)
-        self._setup(num_features, num_dims, eps, momentum)
+        self._setup(num_features, num_dims, eps, momentum, normalize)
         self._traced_training = None
 
     def forward(self, X):
@@ -137,4 +142,4 @@ class HybridBatchNorm(_BatchNormBase, nn.HybridBlock):
     def hybrid_forward(self, F, X, gamma, beta, moving_mean, moving_var):
         return batch_norm_graph(F, X, gamma, beta, moving_mean, moving_var, self.eps,
                                 self.momentum, axes=channel_axes(self.num_dims),
-                                training=self._traced_training)
+                                training=self._traced_training, normalize=self.normalize)

@@ -48,6 +48,8 @@ class History:
     test_acc: list[float] = dataclasses.field(default_factory=list)
     examples_per_sec: list[float] = dataclasses.field(default_factory=list)
     wall_s: float = 0.0
+    # Figures measured on the trained net by an experiment (see experiments.sweep)
+    extra: dict = dataclasses.field(default_factory=dict)
 
     def final(self) -> dict:
         """The last epoch's loss, accuracies and throughput."""

@@ -18,7 +18,9 @@ def test_sweep_trains_each_setting_per_seed_like_train(capsys):
     train_iter, test_iter = synthetic_iters(n=240)
     settings = {"BN": (lambda: models.lenet("gluon"), 1.0),
                 "none": (lambda: models.lenet(None), 0.3)}
-    groups = experiments.sweep(settings, train_iter, test_iter, 1, seeds=(0, 1))
+    groups = experiments.sweep(settings, train_iter, test_iter, 1, seeds=(0, 1),
+                               measure={"layers": len, "test": lambda net: train.evaluate_accuracy(
+                                   net, test_iter)})
     assert list(groups) == ["BN", "none"]
     assert [[h.seed for h in runs] for runs in groups.values()] == [[0, 1], [0, 1]]
     assert [runs[0].lr for runs in groups.values()] == [1.0, 0.3]
@@ -28,6 +30,8 @@ def test_sweep_trains_each_setting_per_seed_like_train(capsys):
     again = train.train(models.lenet("gluon"), train_iter, test_iter, 1, 1.0, seed=1,
                         animate=False, hybridize=True)
     assert groups["BN"][1].loss == again.loss != groups["BN"][0].loss
+    assert groups["none"][0].extra["layers"] == len(models.lenet(None))
+    assert [h.extra["test"] for h in groups["BN"]] == [h.test_acc[-1] for h in groups["BN"]]
     finals = experiments.final(groups, "test_acc")
     assert finals["none"] == [h.test_acc[-1] for h in groups["none"]]
 

@@ -8,6 +8,7 @@ from mxnet.gluon import nn
 
 import d2lbn
 from d2lbn import fold, models, train
+from d2lbn.fast import FastBatchNorm
 
 
 def trained(norm, use_bias=True):
@@ -59,3 +60,8 @@ def test_refuses_what_it_cannot_fold():
     dense.initialize()
     with pytest.raises(ValueError, match="without activation"):
         fold.fold_layer(dense, bn)
+
+
+def test_refuses_lite_batch_norm():
+    with pytest.raises(ValueError, match="normalize='mean'"):
+        fold.bn_affine(FastBatchNorm(3, num_dims=4, normalize="mean"))

@@ -1,0 +1,175 @@
+"""Lite BN (``normalize="mean"`` or ``"var"``): values, statistics and gradients.
+
+The exercise compares centring only and scaling only with full BN. Both
+implementations and the three Blocks are checked against a float64 NumPy
+reference, against each other, and the readable one against finite differences.
+"""
+
+from functools import partial
+
+import numpy as onp
+import pytest
+from mxnet import autograd, np
+from test_functional import EPS, MOMENTUM, TOL, ours, param_shape, random_inputs
+from test_layers import batch, step
+
+import d2lbn
+from d2lbn.fast import FastBatchNorm, batch_norm_fast
+from d2lbn.functional import channel_axes
+
+LITE = ["mean", "var"]
+IMPLS = [d2lbn.batch_norm, batch_norm_fast]
+# 2-D, 4-D with the dense 1x1 convolution, 4-D with the grouped one (> 32 channels)
+SHAPES = [(8, 5), (4, 3, 5, 6), (3, 40, 2, 3)]
+MODES = {"training": True, "prediction": False}
+
+
+def numpy_lite(X, gamma, beta, mean, var, normalize, training):
+    """Float64 BN with ``normalize`` = "full", "mean" or "var": ``(Y, moving_mean, moving_var)``."""
+    if training:
+        axes = channel_axes(X.ndim)
+        mu, sigma2 = X.mean(axis=axes, keepdims=True), X.var(axis=axes, keepdims=True)
+        mean = MOMENTUM * mean + (1 - MOMENTUM) * mu
+        var = MOMENTUM * var + (1 - MOMENTUM) * sigma2
+    else:
+        mu, sigma2 = mean, var
+    centred = X if normalize == "var" else X - mu
+    scale = 1.0 if normalize == "mean" else 1.0 / onp.sqrt(sigma2 + EPS)
+    return gamma * centred * scale + beta, mean, var
+
+
+def float64(arrays):
+    return [a.asnumpy().astype("float64") for a in arrays]
+
+
+@pytest.mark.parametrize("training", MODES.values(), ids=MODES.keys())
+@pytest.mark.parametrize("normalize", ["full"] + LITE)
+@pytest.mark.parametrize("fn", IMPLS, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_values_and_moving_stats_match_numpy(shape, fn, normalize, training):
+    inputs = random_inputs(shape)
+    Y, _, _, _, new_mean, new_var = ours(*inputs, training=training,
+                                         fn=partial(fn, normalize=normalize))
+    want = numpy_lite(*float64(inputs[:5]), normalize, training)
+    for name, g, w in zip(["Y", "moving_mean", "moving_var"], [Y, new_mean, new_var], want):
+        onp.testing.assert_allclose(g.asnumpy(), w, **TOL, err_msg=name)
+
+
+@pytest.mark.parametrize("training", MODES.values(), ids=MODES.keys())
+@pytest.mark.parametrize("normalize", LITE)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_gradients_of_the_two_implementations_agree(shape, normalize, training):
+    inputs = random_inputs(shape)
+    book, fast = (ours(*inputs, training=training, fn=partial(fn, normalize=normalize))
+                  for fn in IMPLS)
+    for name, g, w in zip(["dX", "dgamma", "dbeta"], fast[1:4], book[1:4]):
+        onp.testing.assert_allclose(g.asnumpy(), w.asnumpy(), **TOL, err_msg=name)
+
+
+def finite_differences(loss, arrays, h=1e-6):
+    """Central differences of ``loss(arrays)`` with respect to every element of each array."""
+    grads = []
+    for i, a in enumerate(arrays):
+        grad = onp.zeros_like(a)
+        for idx in onp.ndindex(a.shape):
+            plus, minus = list(arrays), list(arrays)
+            plus[i], minus[i] = a.copy(), a.copy()
+            plus[i][idx] += h
+            minus[i][idx] -= h
+            grad[idx] = (loss(plus) - loss(minus)) / (2 * h)
+        grads.append(grad)
+    return grads
+
+
+@pytest.mark.parametrize("training", MODES.values(), ids=MODES.keys())
+@pytest.mark.parametrize("normalize", LITE)
+@pytest.mark.parametrize("shape", [(4, 3), (3, 2, 2, 2)], ids=str)
+def test_gradients_match_finite_differences_float64(shape, normalize, training):
+    X, gamma, beta, mean, var, head = float64(random_inputs(shape))
+    moving = [np.array(a, dtype="float64") for a in (mean, var)]
+
+    def loss(arrays):
+        # train_mode without recording: the batch statistics, no graph
+        with autograd.train_mode() if training else autograd.predict_mode():
+            Y, _, _ = d2lbn.batch_norm(*[np.array(a, dtype="float64") for a in arrays],
+                                       *moving, EPS, MOMENTUM, normalize=normalize)
+        return float((Y * np.array(head, dtype="float64")).sum())
+
+    want = finite_differences(loss, [X, gamma, beta])
+    got = ours(*[np.array(a, dtype="float64") for a in (X, gamma, beta, mean, var, head)],
+               training=training, fn=partial(d2lbn.batch_norm, normalize=normalize))
+    assert got[1].dtype == onp.float64
+    for name, g, w in zip(["dX", "dgamma", "dbeta"], got[1:4], want):
+        onp.testing.assert_allclose(g.asnumpy(), w, rtol=1e-6, atol=1e-8, err_msg=name)
+
+
+@pytest.mark.parametrize("training", MODES.values(), ids=MODES.keys())
+@pytest.mark.parametrize("fn", IMPLS, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_full_is_the_default_exactly(shape, fn, training):
+    inputs = random_inputs(shape)
+    for g, w in zip(ours(*inputs, training=training, fn=partial(fn, normalize="full")),
+                    ours(*inputs, training=training, fn=fn)):
+        onp.testing.assert_array_equal(g.asnumpy(), w.asnumpy())
+
+
+@pytest.mark.parametrize("make", [
+    *[partial(fn, *random_inputs((4, 3))[:5], EPS, MOMENTUM) for fn in IMPLS],
+    partial(d2lbn.BatchNorm, 3, 2), partial(d2lbn.HybridBatchNorm, 3, 2),
+    partial(FastBatchNorm, 3, 2)], ids=["batch_norm", "batch_norm_fast", "BatchNorm",
+                                        "HybridBatchNorm", "FastBatchNorm"])
+@pytest.mark.parametrize("bad", ["Mean", "variance", None])
+def test_bad_normalize_is_refused(make, bad):
+    with pytest.raises(ValueError, match="normalize must be one of 'full', 'mean', 'var'"):
+        make(normalize=bad)
+
+
+@pytest.mark.parametrize("normalize", LITE)
+@pytest.mark.parametrize("cls", [d2lbn.BatchNorm, d2lbn.HybridBatchNorm, FastBatchNorm])
+@pytest.mark.parametrize("shape", [(8, 5), (4, 3, 5, 6)], ids=str)
+def test_blocks_match_numpy(shape, cls, normalize):
+    """Two training steps, then prediction: ``normalize`` reaches the compiled graph too."""
+    bn = cls(shape[1], len(shape), normalize=normalize)
+    bn.initialize()
+    if isinstance(bn, d2lbn.HybridBatchNorm):
+        bn.hybridize()
+    ps = param_shape(shape)
+    gamma, beta = onp.ones(ps), onp.zeros(ps)
+    mean, var = onp.zeros(ps), onp.ones(ps)
+    for i in range(2):
+        X = batch(shape, i)
+        Y, _, _ = step(bn, X, batch(shape, 10 + i))
+        want, mean, var = numpy_lite(X.asnumpy().astype("float64"), gamma, beta, mean, var,
+                                     normalize, training=True)
+        onp.testing.assert_allclose(Y.asnumpy(), want, **TOL)
+    onp.testing.assert_allclose(bn.moving_mean.data().asnumpy(), mean, **TOL)
+    onp.testing.assert_allclose(bn.moving_var.data().asnumpy(), var, **TOL)
+    X = batch(shape, 99)
+    want, _, _ = numpy_lite(X.asnumpy().astype("float64"), gamma, beta, mean, var, normalize,
+                            training=False)
+    onp.testing.assert_allclose(bn(X).asnumpy(), want, **TOL)
+
+
+@pytest.mark.parametrize("normalize", LITE)
+@pytest.mark.parametrize("plain_cls, hybrid_cls", [(d2lbn.BatchNorm, d2lbn.HybridBatchNorm),
+                                                   (FastBatchNorm, FastBatchNorm)])
+@pytest.mark.parametrize("shape", [(6, 4, 5, 5), (10, 7)], ids=str)
+def test_hybridized_equals_imperative(shape, plain_cls, hybrid_cls, normalize):
+    plain = plain_cls(shape[1], len(shape), normalize=normalize)
+    hybrid = hybrid_cls(shape[1], len(shape), normalize=normalize)
+    plain.initialize()
+    hybrid.initialize()
+    hybrid.hybridize()
+    for i in range(2):
+        X, head = batch(shape, i), batch(shape, 10 + i)
+        for g, w in zip(step(hybrid, X, head), step(plain, X, head)):
+            onp.testing.assert_allclose(g.asnumpy(), w.asnumpy(), rtol=1e-6, atol=1e-6)
+        onp.testing.assert_allclose(hybrid(X).asnumpy(), plain(X).asnumpy(), rtol=1e-6,
+                                    atol=1e-6)
+
+
+def test_repr_names_a_lite_mode_only():
+    assert repr(FastBatchNorm(3, 4)) == "FastBatchNorm(3, num_dims=4, eps=1e-05, momentum=0.9)"
+    assert repr(d2lbn.BatchNorm(3, 2, normalize="var")) == (
+        "BatchNorm(3, num_dims=2, eps=1e-05, momentum=0.9, normalize='var')")
+    assert d2lbn.HybridBatchNorm(3, 2, normalize="mean").normalize == "mean"
