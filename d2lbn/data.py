@@ -19,7 +19,7 @@ import subprocess
 import sys
 import warnings
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -314,8 +314,14 @@ def _check_positive_int(name: str, value: object) -> None:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
-def _batchify(samples: list[tuple[onp.ndarray, int]], resize: int | None
-              ) -> tuple[np.ndarray, np.ndarray]:
+def _batchify(samples: list[tuple[onp.ndarray, int]], resize: int | None,
+              transform: Callable | None = None) -> tuple[np.ndarray, np.ndarray]:
+    X, y = _to_arrays(samples, resize)
+    return (X if transform is None else transform(X)), y
+
+
+def _to_arrays(samples: list[tuple[onp.ndarray, int]], resize: int | None
+               ) -> tuple[np.ndarray, np.ndarray]:
     images, labels = zip(*samples)
     X, y = onp.stack(images), np.array(onp.array(labels, onp.int32))  # X: uint8 (N, 1, 28, 28)
     if resize is not None:
@@ -328,10 +334,16 @@ def _batchify(samples: list[tuple[onp.ndarray, int]], resize: int | None
 
 def load_data_fashion_mnist(batch_size: int, resize: int | None = None,
                             root: str | os.PathLike | None = None,
-                            spec: Spec = FASHION_MNIST
+                            spec: Spec = FASHION_MNIST, transform: Callable | None = None
                             ) -> tuple[gluon.data.DataLoader, gluon.data.DataLoader]:
-    """(train_iter, test_iter) as d2l's: float32 images in [0, 1] of (N, 1, H, W), int labels."""
+    """(train_iter, test_iter) as d2l's: float32 images in [0, 1] of (N, 1, H, W), int labels.
+
+    ``transform`` maps each batch of images to new ones (e.g. ``lambda X: 1 - X``,
+    a shifted task for fine-tuning experiments).
+    """
     _check_positive_int("batch_size", batch_size)
+    if transform is not None and not callable(transform):
+        raise ValueError(f"transform must be a function of a batch of images, got {transform!r}")
     if resize is not None:
         _check_positive_int("resize", resize)
     arrays = _load(locate(spec, root).path, spec)
@@ -339,7 +351,7 @@ def load_data_fashion_mnist(batch_size: int, resize: int | None = None,
         config.announce()
         keep = {"train": config.QUICK_TRAIN, "test": config.QUICK_TEST}
         arrays = {s: (X[:keep[s]], y[:keep[s]]) for s, (X, y) in arrays.items()}
-    batchify = functools.partial(_batchify, resize=resize)
+    batchify = functools.partial(_batchify, resize=resize, transform=transform)
 
     def loader(split: str, shuffle: bool) -> gluon.data.DataLoader:
         # In-process (num_workers=0): batches are cheap, and forking MXNet is fragile.

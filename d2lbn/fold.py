@@ -5,19 +5,13 @@ from __future__ import annotations
 from mxnet import np
 from mxnet.gluon import nn
 
-from .layers import BatchNorm, HybridBatchNorm
+from .bnstats import is_batch_norm, running_stats
 
 
 def bn_affine(bn):
     """BN in prediction mode as ``scale * x + shift`` per channel: ``(scale, shift)``."""
-    if isinstance(bn, (BatchNorm, HybridBatchNorm)):
-        if bn.normalize != "full":
-            raise ValueError(f"can only fold full batch norm, not normalize={bn.normalize!r}")
-        mean, var, eps = bn.moving_mean.data(), bn.moving_var.data(), bn.eps
-    elif isinstance(bn, nn.BatchNorm):
-        mean, var, eps = bn.running_mean.data(), bn.running_var.data(), bn._kwargs["eps"]
-    else:
-        raise TypeError(f"not a batch norm layer: {type(bn).__name__}")
+    mean, var, eps = running_stats(bn)
+    mean, var = mean.data(), var.data()
     scale = bn.gamma.data().reshape(-1) / np.sqrt(var.reshape(-1) + eps)
     return scale, bn.beta.data().reshape(-1) - scale * mean.reshape(-1)
 
@@ -50,10 +44,9 @@ def fold_layer(layer, bn):
 def fold_batch_norm(net) -> nn.HybridSequential:
     """A prediction-only copy of ``net`` with every Conv2D/Dense + BN pair folded into one."""
     layers, out, i = list(net), nn.HybridSequential(), 0
-    bn_types = (BatchNorm, HybridBatchNorm, nn.BatchNorm)
     while i < len(layers):
         if (isinstance(layers[i], (nn.Conv2D, nn.Dense)) and i + 1 < len(layers)
-                and isinstance(layers[i + 1], bn_types)):
+                and is_batch_norm(layers[i + 1])):
             out.add(fold_layer(layers[i], layers[i + 1]))
             i += 2
         else:

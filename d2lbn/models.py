@@ -56,11 +56,9 @@ def lenet(norm: Norm = "scratch", placement: str = "before", activation: str = "
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
     make_norm = norm_factory(norm)
-    # Gluon's own layers compile into one graph; the scratch Blocks cannot
-    if norm in (None, "gluon"):
-        net = nn.HybridSequential()
-    else:
-        net = LayerwiseSequential() if norm in ("hybrid", "fast") else nn.Sequential()
+    # Gluon's own layers compile into one graph; other norm layers (the book's
+    # Block, ours that return moving statistics, callables) compile layer by layer
+    net = nn.HybridSequential() if norm in (None, "gluon") else LayerwiseSequential()
 
     def stage(layer, channels, num_dims, with_norm, drop=0.0):
         act = nn.Activation(activation)

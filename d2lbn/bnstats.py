@@ -1,0 +1,62 @@
+"""The statistics BN layers keep for prediction: reading them, and re-estimating them on data."""
+
+from __future__ import annotations
+
+import numpy as onp
+from mxnet import autograd, np
+from mxnet.gluon import nn
+
+from .layers import _BatchNormBase
+
+
+def is_batch_norm(layer) -> bool:
+    """Whether ``layer`` is Gluon's ``nn.BatchNorm`` or one of d2lbn's BN Blocks."""
+    return isinstance(layer, (nn.BatchNorm, _BatchNormBase))
+
+
+def running_stats(bn):
+    """``(mean, var, eps)`` a BN layer uses in prediction mode (mean, var: its Parameters)."""
+    if isinstance(bn, _BatchNormBase):
+        if bn.normalize != "full":
+            raise ValueError(f"expected full batch norm, not normalize={bn.normalize!r}")
+        return bn.moving_mean, bn.moving_var, bn.eps
+    if isinstance(bn, nn.BatchNorm):
+        return bn.running_mean, bn.running_var, bn._kwargs["eps"]
+    raise TypeError(f"not a batch norm layer: {type(bn).__name__}")
+
+
+def precise_bn_stats(net, data_iter, num_batches: int | None = None, device=None) -> int:
+    """Set every BN layer's prediction statistics to their exact values over ``data_iter``.
+
+    Replaces the moving averages (which lag behind the weights and follow the
+    training data) with the mean and biased variance of each BN layer's input
+    over the first ``num_batches`` batches, in float64. Weights are untouched.
+    Works on ``nn.Sequential``-like nets; layer by layer, so that each layer's
+    statistics are taken with the layers before it already re-estimated.
+    Returns the number of BN layers set.
+    """
+    layers = list(net)
+    positions = [i for i, layer in enumerate(layers) if is_batch_norm(layer)]
+    if not positions:
+        raise ValueError(f"no batch norm layer among the children of {type(net).__name__}")
+    for i in positions:
+        sums, count = 0.0, 0
+        for b, (X, _) in enumerate(data_iter):
+            if num_batches is not None and b >= num_batches:
+                break
+            h = X if device is None else X.as_in_ctx(device)
+            with autograd.predict_mode():
+                for layer in layers[:i]:
+                    h = layer(h)
+            h = h.asnumpy().astype(onp.float64)
+            axes = (0,) + tuple(range(2, h.ndim))
+            sums = sums + onp.stack([h.sum(axis=axes), onp.square(h).sum(axis=axes)])
+            count += h.size // h.shape[1]
+        if count == 0:
+            raise ValueError("data_iter gave no batches")
+        mean = sums[0] / count
+        var = onp.maximum(sums[1] / count - onp.square(mean), 0.0)
+        mean_param, var_param, _ = running_stats(layers[i])
+        for param, value in ((mean_param, mean), (var_param, var)):
+            param.set_data(np.array(value.reshape(param.shape), dtype=param.dtype))
+    return len(positions)

@@ -1,0 +1,65 @@
+"""Reading BN layers' prediction statistics and re-estimating them exactly on data."""
+
+import mxnet as mx
+import numpy as onp
+import pytest
+from mxnet import autograd, np
+from mxnet.gluon import nn
+from test_layers import batch, train_steps
+
+from d2lbn import bnstats, models
+
+
+def trained(norm, hybridize=True):
+    net = models.lenet(norm)
+    net.initialize(mx.init.Xavier())
+    train_steps(net)  # moving statistics now somewhere between init and the data
+    if hybridize:
+        net.hybridize()
+    return net
+
+
+@pytest.mark.parametrize("norm", ["gluon", "fast", "scratch"])
+def test_one_batch_stats_make_prediction_equal_training_mode(norm):
+    net = trained(norm, hybridize=norm != "scratch")
+    X = batch((16, 1, 28, 28), seed=5)
+    with autograd.train_mode():
+        expected = net(X).asnumpy()  # every BN normalises with this batch's statistics
+    assert not onp.allclose(net(X).asnumpy(), expected, atol=1e-3)
+    assert bnstats.precise_bn_stats(net, [(X, None)]) == 4
+    onp.testing.assert_allclose(net(X).asnumpy(), expected, rtol=1e-3, atol=1e-4)
+
+
+def test_stats_over_batches_are_those_of_their_union():
+    net = trained("gluon")
+    X1, X2 = batch((8, 1, 28, 28), seed=1), batch((24, 1, 28, 28), seed=2)
+    bnstats.precise_bn_stats(net, [(X1, None), (X2, None), (X1, None)], num_batches=2)
+    first = net[0](np.concatenate([X1, X2])).asnumpy().astype(onp.float64)  # the first conv
+    mean, var, _ = bnstats.running_stats(net[1])
+    onp.testing.assert_allclose(mean.data().asnumpy(), first.mean(axis=(0, 2, 3)), rtol=1e-5)
+    onp.testing.assert_allclose(var.data().asnumpy(), first.var(axis=(0, 2, 3)), rtol=1e-4)
+
+
+def test_running_stats_of_both_kinds_and_bad_input():
+    gluon_bn, ours = models.lenet("gluon")[1], models.lenet("fast")[1]
+    assert bnstats.running_stats(gluon_bn)[0] is gluon_bn.running_mean
+    assert bnstats.running_stats(ours)[:2] == (ours.moving_mean, ours.moving_var)
+    assert bnstats.is_batch_norm(ours) and not bnstats.is_batch_norm(nn.Dense(3))
+    with pytest.raises(TypeError, match="not a batch norm"):
+        bnstats.running_stats(nn.Dense(3))
+    with pytest.raises(ValueError, match="no batch norm"):
+        bnstats.precise_bn_stats(models.lenet(None), [])
+    with pytest.raises(ValueError, match="no batches"):
+        bnstats.precise_bn_stats(trained("gluon"), [])
+
+
+def test_gluon_batchnorm_moves_its_statistics_only_in_backward_on_cpu():
+    # The MXNet behaviour that makes "just run forward in training mode" re-estimate nothing
+    bn = nn.BatchNorm(in_channels=3)
+    bn.initialize()
+    X = batch((8, 3, 4, 4))
+    with autograd.record():
+        Y = bn(X)
+    onp.testing.assert_array_equal(bn.running_mean.data().asnumpy(), 0)
+    Y.backward()
+    assert onp.abs(bn.running_mean.data().asnumpy()).min() > 0.1
