@@ -1,0 +1,187 @@
+"""Normalisations per example: layer norm, group norm and instance norm, and their Blocks.
+
+Batch norm averages each channel over the batch. These average within one
+example, so each example's output depends on that example alone: there are no
+moving statistics, training and prediction compute the same thing, and the
+batch size does not change the result (batch size 1 works as well as 256).
+They differ only in which values of one example share a mean and variance:
+
+- ``layer_norm``: all of them, every channel and position (Ba et al., 2016);
+- ``group_norm``: those of each group of ``C // num_groups`` consecutive channels
+  (Wu & He, 2018); ``num_groups=1`` is layer norm, ``num_groups=C`` instance norm;
+- ``instance_norm``: those of each channel, over its positions (Ulyanov et al., 2016).
+
+All three scale and shift by a per-channel ``gamma`` and ``beta`` of shape
+``(1, C)`` or ``(1, C, 1, 1)``, as our BatchNorm does.
+
+MXNet 1.9.1's own operators, which the tests compare against, differ from these:
+
+- ``npx.layer_norm`` / ``nn.LayerNorm`` normalise along one axis (the last by
+  default) with ``gamma`` of that axis' length. On ``(N, C)`` input that is our
+  layer norm; on ``(N, C, H, W)`` it normalises each row of each channel on its
+  own. Ours takes (C, H, W) together, like group norm with one group; Ba et al.'s
+  convolutional variant would also learn one gamma per position, ours one per channel.
+- ``nd.GroupNorm`` (and Gluon's ``nn.GroupNorm``) learn one gamma and beta per
+  group, shape ``(num_groups,)``, not per channel, and refuse ``(N, C)`` input.
+- ``nd.InstanceNorm`` defaults to ``eps=1e-3`` (ours 1e-5); its docstring shows
+  ``sqrt(var) + eps`` but it computes ``sqrt(var + eps)``, as ours does. It takes
+  ``(N, C)`` input and returns just ``beta``; ours refuses it. Gluon's
+  ``nn.InstanceNorm`` learns no gamma by default (``scale=False``).
+- Gluon's ``nn.GroupNorm`` and ``nn.InstanceNorm`` call legacy operators and fail
+  on the NumPy arrays that ``npx.set_np()`` gives them; these Blocks do not.
+"""
+
+from __future__ import annotations
+
+import mxnet as mx
+from mxnet import init
+from mxnet.gluon import nn
+
+from .layers import check_input
+
+
+def layer_axes(ndim: int) -> tuple[int, ...]:
+    """Axes that layer norm averages over: every axis but the batch axis 0."""
+    if ndim < 2:
+        raise ValueError(f"layer norm needs (N, C, ...) input, got {ndim}-D")
+    return tuple(range(1, ndim))
+
+
+def instance_axes(ndim: int) -> tuple[int, ...]:
+    """Axes that instance norm averages over: the positions, axes 2 and on."""
+    if ndim < 3:
+        # On (N, C) each example has one value per channel: its mean is that
+        # value, the output is beta alone. MXNet's InstanceNorm returns that quietly
+        raise ValueError(f"instance norm needs (N, C, L, ...) input with positions to average "
+                         f"over, got {ndim}-D (on (N, C) the output would be beta alone)")
+    return tuple(range(2, ndim))
+
+
+def check_num_groups(num_features: int, num_groups: int) -> int:
+    """Return ``num_groups`` unless it is not a positive divisor of ``num_features``."""
+    if not isinstance(num_groups, int) or num_groups < 1:
+        raise ValueError(f"num_groups must be a positive int, got {num_groups!r}")
+    if num_features % num_groups:
+        raise ValueError(f"num_groups={num_groups} does not divide the {num_features} channels")
+    return num_groups
+
+
+def layer_norm(X, gamma, beta, eps):
+    """Normalise each example over all its values; the same in training and prediction."""
+    return layer_norm_graph(mx, X, gamma, beta, eps, num_dims=X.ndim)
+
+
+def layer_norm_graph(F, X, gamma, beta, eps, num_dims):
+    """``layer_norm`` for ``F`` = ``mx`` or ``mx.sym``, with the number of axes given."""
+    return gamma * _standardize(F, X, layer_axes(num_dims), eps) + beta
+
+
+def instance_norm(X, gamma, beta, eps):
+    """Normalise each channel of each example; the same in training and prediction."""
+    return instance_norm_graph(mx, X, gamma, beta, eps, num_dims=X.ndim)
+
+
+def instance_norm_graph(F, X, gamma, beta, eps, num_dims):
+    """``instance_norm`` for ``F`` = ``mx`` or ``mx.sym``, with the number of axes given."""
+    return gamma * _standardize(F, X, instance_axes(num_dims), eps) + beta
+
+
+def group_norm(X, gamma, beta, num_groups, eps):
+    """Normalise each example's channel groups; the same in training and prediction."""
+    layer_axes(X.ndim)
+    check_num_groups(X.shape[1], num_groups)
+    return group_norm_graph(mx, X, gamma, beta, num_groups, eps)
+
+
+def group_norm_graph(F, X, gamma, beta, num_groups, eps):
+    """``group_norm`` for ``F`` = ``mx`` or ``mx.sym``; ``num_groups`` must divide C."""
+    # (N, C, ...) -> (N, G, C // G * ...): consecutive channels and their
+    # positions form one row per example and group. npx.reshape's codes (-2 keeps
+    # N, -1 takes the rest) leave the shapes out of a hybridized graph, so that
+    # it serves every batch size
+    X_grouped = F.npx.reshape(X, (-2, num_groups, -1))
+    X_hat = F.npx.reshape_like(_standardize(F, X_grouped, (2,), eps), X)
+    # The affine map stays per channel, not per group: channels of one group
+    # share statistics but need not share a scale
+    return gamma * X_hat + beta
+
+
+def _standardize(F, X, axes, eps):
+    """``X`` centred and scaled by its mean and (biased) variance over ``axes``."""
+    # keepdims: one mean and variance per remaining index (example, and group or
+    # channel), shaped to broadcast against X
+    mean = X.mean(axis=axes, keepdims=True)
+    var = ((X - mean) ** 2).mean(axis=axes, keepdims=True)
+    return (X - mean) / F.np.sqrt(var + eps)
+
+
+class _ExampleNorm(nn.HybridBlock):
+    """Shared parameters and checks of the per-example normalisation Blocks."""
+
+    # Fewest axes the normalisation makes sense on
+    min_dims = 2
+
+    def __init__(self, num_features: int, num_dims: int, eps: float = 1e-5, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(num_dims, int) or not self.min_dims <= num_dims <= 5:
+            allowed = ", ".join(str(d) for d in range(self.min_dims, 6))
+            raise ValueError(f"{type(self).__name__} needs num_dims in {allowed}, "
+                             f"got {num_dims!r}")
+        if not isinstance(num_features, int) or num_features < 1:
+            raise ValueError(f"num_features must be a positive int, got {num_features!r}")
+        if eps <= 0:
+            raise ValueError(f"eps must be positive, got {eps}")
+        self.num_features, self.num_dims, self.eps = num_features, num_dims, eps
+        shape = (1, num_features) + (1,) * (num_dims - 2)
+        self.gamma = self.params.get("gamma", shape=shape, init=init.One())
+        self.beta = self.params.get("beta", shape=shape, init=init.Zero())
+
+    def forward(self, X):
+        # Inside a hybridized parent X is a Symbol without a shape to check. No
+        # state goes back to Python, so unlike HybridBatchNorm these layers may
+        # be folded into a parent's graph
+        if not isinstance(X, mx.sym.Symbol):
+            check_input(X, self.num_features, self.num_dims)
+        return super().forward(X)
+
+    def _extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({self.num_features}, num_dims={self.num_dims}"
+                f"{self._extra_repr()}, eps={self.eps})")
+
+
+class LayerNorm(_ExampleNorm):
+    """Layer norm over all of (C, ...) per example, per-channel gamma/beta; not Gluon's.
+
+    Gluon's ``nn.LayerNorm`` normalises the last axis alone: the same on (N, C)
+    input, not on (N, C, H, W).
+    """
+
+    def hybrid_forward(self, F, X, gamma, beta):
+        return layer_norm_graph(F, X, gamma, beta, self.eps, self.num_dims)
+
+
+class GroupNorm(_ExampleNorm):
+    """Group norm with per-channel gamma/beta (Gluon's has one per group)."""
+
+    def __init__(self, num_features: int, num_dims: int, num_groups: int, eps: float = 1e-5,
+                 **kwargs):
+        super().__init__(num_features, num_dims, eps, **kwargs)
+        self.num_groups = check_num_groups(num_features, num_groups)
+
+    def hybrid_forward(self, F, X, gamma, beta):
+        return group_norm_graph(F, X, gamma, beta, self.num_groups, self.eps)
+
+    def _extra_repr(self) -> str:
+        return f", num_groups={self.num_groups}"
+
+
+class InstanceNorm(_ExampleNorm):
+    """Instance norm per example and channel, per-channel gamma/beta; needs (N, C, L, ...) input."""
+
+    min_dims = 3
+
+    def hybrid_forward(self, F, X, gamma, beta):
+        return instance_norm_graph(F, X, gamma, beta, self.eps, self.num_dims)
