@@ -60,3 +60,24 @@ def precise_bn_stats(net, data_iter, num_batches: int | None = None, device=None
         for param, value in ((mean_param, mean), (var_param, var)):
             param.set_data(np.array(value.reshape(param.shape), dtype=param.dtype))
     return len(positions)
+
+
+def moving_stats_error(net, data_iter, num_batches: int | None = None, device=None) -> dict:
+    """How far each BN layer's moving statistics are from the exact ones over ``data_iter``.
+
+    Per BN layer, the mean over channels of ``|moving mean - mean| / sd`` and of
+    ``|moving var / var - 1|``, both against ``precise_bn_stats``; the net is left
+    as it was.
+    """
+    bns = [layer for layer in net if is_batch_norm(layer)]
+    saved = [[p.data().copy() for p in running_stats(bn)[:2]] for bn in bns]
+    precise_bn_stats(net, data_iter, num_batches, device)
+    errors = {"mean": [], "var": []}
+    for bn, (moving_mean, moving_var) in zip(bns, saved):
+        mean_param, var_param, _ = running_stats(bn)
+        mean, var = mean_param.data().asnumpy(), var_param.data().asnumpy()
+        errors["mean"].append(float((abs(moving_mean.asnumpy() - mean) / onp.sqrt(var)).mean()))
+        errors["var"].append(float(abs(moving_var.asnumpy() / var - 1).mean()))
+        mean_param.set_data(moving_mean)
+        var_param.set_data(moving_var)
+    return errors

@@ -334,14 +334,18 @@ def _to_arrays(samples: list[tuple[onp.ndarray, int]], resize: int | None
 
 def load_data_fashion_mnist(batch_size: int, resize: int | None = None,
                             root: str | os.PathLike | None = None,
-                            spec: Spec = FASHION_MNIST, transform: Callable | None = None
+                            spec: Spec = FASHION_MNIST, transform: Callable | None = None,
+                            num_train: int | None = None
                             ) -> tuple[gluon.data.DataLoader, gluon.data.DataLoader]:
     """(train_iter, test_iter) as d2l's: float32 images in [0, 1] of (N, 1, H, W), int labels.
 
     ``transform`` maps each batch of images to new ones (e.g. ``lambda X: 1 - X``,
-    a shifted task for fine-tuning experiments).
+    a shifted task for fine-tuning experiments); ``num_train`` keeps only the
+    first training examples (quick mode may keep fewer), for a fixed budget.
     """
     _check_positive_int("batch_size", batch_size)
+    if num_train is not None:
+        _check_positive_int("num_train", num_train)
     if transform is not None and not callable(transform):
         raise ValueError(f"transform must be a function of a batch of images, got {transform!r}")
     if resize is not None:
@@ -351,6 +355,9 @@ def load_data_fashion_mnist(batch_size: int, resize: int | None = None,
         config.announce()
         keep = {"train": config.QUICK_TRAIN, "test": config.QUICK_TEST}
         arrays = {s: (X[:keep[s]], y[:keep[s]]) for s, (X, y) in arrays.items()}
+    if num_train is not None:
+        X, y = arrays["train"]
+        arrays["train"] = (X[:num_train], y[:num_train])
     batchify = functools.partial(_batchify, resize=resize, transform=transform)
 
     def loader(split: str, shuffle: bool) -> gluon.data.DataLoader:

@@ -68,3 +68,13 @@ def record_groups(stem: str, groups: dict[str, list[train.History]]):
     path = results_dir() / "runs" / f"{stem}.json"
     write_atomic(path, json.dumps(entry, indent=1) + "\n")
     return path
+
+
+def load_groups(stem: str) -> dict[str, list[train.History]]:
+    """The runs a sweep recorded with ``record_groups``; a clear error if it has not run."""
+    path = results_dir() / "runs" / f"{stem}.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no recorded runs at {path}: run notebooks/{stem}.ipynb "
+                                "first (`make run` runs every notebook in order)")
+    return {name: [train.History(**run) for run in runs]
+            for name, runs in json.loads(path.read_text())["runs"].items()}

@@ -63,3 +63,16 @@ def test_gluon_batchnorm_moves_its_statistics_only_in_backward_on_cpu():
     onp.testing.assert_array_equal(bn.running_mean.data().asnumpy(), 0)
     Y.backward()
     assert onp.abs(bn.running_mean.data().asnumpy()).min() > 0.1
+
+
+def test_moving_stats_error_measures_and_restores():
+    net = trained("gluon")
+    X = batch((16, 1, 28, 28), seed=5)
+    before = [p.data().asnumpy() for p in bnstats.running_stats(net[1])[:2]]
+    errors = bnstats.moving_stats_error(net, [(X, None)])
+    assert len(errors["mean"]) == len(errors["var"]) == 4 and min(errors["var"]) > 0
+    for p, old in zip(bnstats.running_stats(net[1])[:2], before):
+        onp.testing.assert_array_equal(p.data().asnumpy(), old)
+    bnstats.precise_bn_stats(net, [(X, None)])
+    exact = bnstats.moving_stats_error(net, [(X, None)])
+    assert max(exact["mean"]) < 1e-4 and max(exact["var"]) < 1e-4

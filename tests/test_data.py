@@ -111,13 +111,17 @@ def test_resize(tmp_path):
     assert len(epoch(test_iter)[1]) == N_TEST
 
 
-def test_transform_maps_every_batch(tmp_path):
+def test_transform_and_num_train(tmp_path):
     raw, spec = make_set(tmp_path)
     _, test_iter = data.load_data_fashion_mnist(8, root=tmp_path, spec=spec,
                                                 transform=lambda X: 1 - X)
     X_test, _ = epoch(test_iter)
     onp.testing.assert_allclose(X_test, 1 - raw["test"][0][:, None] / onp.float32(255),
                                 atol=1e-7)
+    train_iter, _ = data.load_data_fashion_mnist(8, root=tmp_path, spec=spec, num_train=10)
+    assert len(epoch(train_iter)[1]) == 10
+    with pytest.raises(ValueError, match="num_train"):
+        data.load_data_fashion_mnist(8, root=tmp_path, spec=spec, num_train=0)
     with pytest.raises(ValueError, match="transform"):
         data.load_data_fashion_mnist(8, root=tmp_path, spec=spec, transform="invert")
 

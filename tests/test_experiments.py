@@ -64,6 +64,9 @@ def test_record_groups_and_summary(out):
     assert entry["groups"]["b"] == {"lr": 3.0, "loss": [1.0, 1.0], "train_acc": [0.5, 0.5],
                                     "test_acc": [0.9, 0.9], "examples_per_sec": [100.0, 100.0]}
     assert entry["runs"]["a"][1]["test_acc"] == [0.5, 0.6]
+    assert experiments.load_groups("06_sweep") == groups
+    with pytest.raises(FileNotFoundError, match="notebooks/07_none.ipynb"):
+        experiments.load_groups("07_none")
     _, md_path = results.write_summary({"06_sweep": 3.0})
     row = [line for line in md_path.read_text().splitlines() if "06_sweep" in line][0]
     assert "| 0.1 to 3 |" in row and "2 settings" in row
