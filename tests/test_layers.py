@@ -176,3 +176,19 @@ def test_lenet_variants():
         models.lenet("batch")
     with pytest.raises(ValueError, match="placement"):
         models.lenet(placement="middle")
+
+
+@pytest.mark.parametrize("cls", [d2lbn.BatchNorm, d2lbn.HybridBatchNorm, FastBatchNorm])
+def test_each_device_keeps_its_own_statistics(cls):
+    # Data parallelism without synchronisation: like Gluon's BatchNorm, each
+    # context's moving statistics follow its own shard only
+    ctxs = [mx.cpu(0), mx.cpu(1)]
+    bn = cls(3, num_dims=4)
+    bn.initialize(ctx=ctxs)
+    shards = [batch((4, 3, 2, 2), seed=s).as_in_ctx(c) + 10 * s for s, c in enumerate(ctxs)]
+    for X in shards:
+        step(bn, X, np.ones_like(X))
+    for X, ctx in zip(shards, ctxs):
+        expected = 0.1 * X.asnumpy().mean(axis=(0, 2, 3))
+        onp.testing.assert_allclose(bn.moving_mean.data(ctx).asnumpy().ravel(), expected,
+                                    rtol=1e-5, atol=1e-6)
