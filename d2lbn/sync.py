@@ -145,11 +145,8 @@ class SyncBatchNorm(_BatchNormBase, nn.Block):
             [self.moving_var.data(c).detach() for c in ctxs], eps=self.eps,
             momentum=self.momentum)
         if training:
-            # Per context, not BatchNorm._store, which writes one value everywhere
-            with autograd.pause():
-                for ctx, mean, var in zip(ctxs, moving_means, moving_vars):
-                    mean.copyto(self.moving_mean.data(ctx))
-                    var.copyto(self.moving_var.data(ctx))
+            for mean, var in zip(moving_means, moving_vars):
+                self._store(mean, var)  # into the copy on that shard's context
         return Ys
 
     def __repr__(self) -> str:
