@@ -66,18 +66,20 @@ def moving_stats_error(net, data_iter, num_batches: int | None = None, device=No
     """How far each BN layer's moving statistics are from the exact ones over ``data_iter``.
 
     Per BN layer, the mean over channels of ``|moving mean - mean| / sd`` and of
-    ``|moving var / var - 1|``, both against ``precise_bn_stats``; the net is left
-    as it was.
+    ``|moving var / var - 1|``, both against ``precise_bn_stats``, and of
+    ``moving var / var`` (``var_ratio``: above 1 when training saw a larger
+    variance than prediction does); the net is left as it was.
     """
     bns = [layer for layer in net if is_batch_norm(layer)]
     saved = [[p.data().copy() for p in running_stats(bn)[:2]] for bn in bns]
     precise_bn_stats(net, data_iter, num_batches, device)
-    errors = {"mean": [], "var": []}
+    errors = {"mean": [], "var": [], "var_ratio": []}
     for bn, (moving_mean, moving_var) in zip(bns, saved):
         mean_param, var_param, _ = running_stats(bn)
         mean, var = mean_param.data().asnumpy(), var_param.data().asnumpy()
         errors["mean"].append(float((abs(moving_mean.asnumpy() - mean) / onp.sqrt(var)).mean()))
         errors["var"].append(float(abs(moving_var.asnumpy() / var - 1).mean()))
+        errors["var_ratio"].append(float((moving_var.asnumpy() / var).mean()))
         mean_param.set_data(moving_mean)
         var_param.set_data(moving_var)
     return errors

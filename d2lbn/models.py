@@ -43,18 +43,20 @@ def norm_factory(norm: Norm) -> NormFactory | None:
 
 
 def lenet(norm: Norm = "scratch", placement: str = "before", activation: str = "sigmoid",
-          dropout: float = 0.0, use_bias: bool = True, norm_conv: bool = True,
-          norm_dense: bool = True) -> nn.Sequential:
+          dropout: float | tuple[float, float] = 0.0, use_bias: bool = True,
+          norm_conv: bool = True, norm_dense: bool = True) -> nn.Sequential:
     """The chapter's LeNet: BN between each conv/dense layer and its activation.
 
     ``placement='after'`` puts BN after the activation instead; ``dropout`` adds
-    Dropout after the two hidden dense layers; ``use_bias=False`` drops the bias
-    that BN's beta makes redundant; ``norm_conv``/``norm_dense`` choose where BN goes.
+    Dropout after the two hidden dense layers (a pair: a rate for each);
+    ``use_bias=False`` drops the bias that BN's beta makes redundant;
+    ``norm_conv``/``norm_dense`` choose where BN goes.
     """
     if placement not in ("before", "after"):
         raise ValueError(f"placement must be 'before' or 'after', got {placement!r}")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+    rates = tuple(dropout) if isinstance(dropout, (tuple, list)) else (dropout, dropout)
+    if len(rates) != 2 or not all(0.0 <= p < 1.0 for p in rates):
+        raise ValueError(f"dropout must be a rate in [0, 1) or two of them, got {dropout}")
     make_norm = norm_factory(norm)
     # Gluon's own layers compile into one graph; other norm layers (the book's
     # Block, ours that return moving statistics, callables) compile layer by layer
@@ -72,7 +74,7 @@ def lenet(norm: Norm = "scratch", placement: str = "before", activation: str = "
     net.add(nn.MaxPool2D(pool_size=2, strides=2))
     stage(nn.Conv2D(16, kernel_size=5, use_bias=use_bias), 16, 4, norm_conv)
     net.add(nn.MaxPool2D(pool_size=2, strides=2))
-    stage(nn.Dense(120, use_bias=use_bias), 120, 2, norm_dense, dropout)
-    stage(nn.Dense(84, use_bias=use_bias), 84, 2, norm_dense, dropout)
+    stage(nn.Dense(120, use_bias=use_bias), 120, 2, norm_dense, rates[0])
+    stage(nn.Dense(84, use_bias=use_bias), 84, 2, norm_dense, rates[1])
     net.add(nn.Dense(10))
     return net

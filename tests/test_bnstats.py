@@ -65,12 +65,19 @@ def test_gluon_batchnorm_moves_its_statistics_only_in_backward_on_cpu():
     assert onp.abs(bn.running_mean.data().asnumpy()).min() > 0.1
 
 
+def exact_var(net, X):
+    return net[0](X).asnumpy().astype(onp.float64).var(axis=(0, 2, 3))  # the first BN's input
+
+
 def test_moving_stats_error_measures_and_restores():
     net = trained("gluon")
     X = batch((16, 1, 28, 28), seed=5)
     before = [p.data().asnumpy() for p in bnstats.running_stats(net[1])[:2]]
     errors = bnstats.moving_stats_error(net, [(X, None)])
-    assert len(errors["mean"]) == len(errors["var"]) == 4 and min(errors["var"]) > 0
+    assert len(errors["mean"]) == len(errors["var"]) == len(errors["var_ratio"]) == 4
+    assert min(errors["var"]) > 0
+    onp.testing.assert_allclose(errors["var_ratio"][0], (net[1].running_var.data().asnumpy()
+                                                        / exact_var(net, X)).mean(), rtol=1e-4)
     for p, old in zip(bnstats.running_stats(net[1])[:2], before):
         onp.testing.assert_array_equal(p.data().asnumpy(), old)
     bnstats.precise_bn_stats(net, [(X, None)])

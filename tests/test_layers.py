@@ -176,6 +176,15 @@ def test_lenet_variants():
         models.lenet("batch")
     with pytest.raises(ValueError, match="placement"):
         models.lenet(placement="middle")
+    # Dropout after both hidden dense layers, or one rate each
+    def dropout_rates(net):
+        return [layer._rate for layer in net if isinstance(layer, nn.Dropout)]
+    assert dropout_rates(models.lenet(dropout=0.5)) == [0.5, 0.5]
+    net = models.lenet("gluon", dropout=(0.0, 0.3))
+    assert dropout_rates(net) == [0.3] and isinstance(net[-2], nn.Dropout)
+    for bad in (1.0, -0.1, (0.5,), (0.2, 1.0)):
+        with pytest.raises(ValueError, match="dropout"):
+            models.lenet(dropout=bad)
 
 
 @pytest.mark.parametrize("cls", [d2lbn.BatchNorm, d2lbn.HybridBatchNorm, FastBatchNorm])
