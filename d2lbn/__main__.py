@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="execute notebooks (all by default), write results/")
     run.add_argument("notebooks", nargs="*", type=Path)
     tr = sub.add_parser("train", help="train the chapter's LeNet once, log per epoch")
-    tr.add_argument("--norm", default="scratch", help="scratch | hybrid | gluon | none")
+    tr.add_argument("--norm", default="scratch", help="scratch | hybrid | fast | gluon | none")
     tr.add_argument("--lr", type=float, default=1.0)
     tr.add_argument("--num-epochs", type=int, default=10)
     tr.add_argument("--batch-size", type=int, default=256)

@@ -19,9 +19,9 @@ def param_shape(shape):
     return (1, shape[1]) + (1,) * (len(shape) - 2)
 
 
-def random_inputs(shape):
+def random_inputs(shape, seed=None):
     """Input with per-channel offset and scale, and non-trivial parameters."""
-    rng = onp.random.default_rng(len(shape))
+    rng = onp.random.default_rng(len(shape) if seed is None else seed)
     X = rng.normal(1.5, 2.0, size=shape) * rng.uniform(0.5, 3, size=param_shape(shape))
     gamma = rng.uniform(0.5, 2.0, size=param_shape(shape))
     beta = rng.normal(size=param_shape(shape))

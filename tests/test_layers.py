@@ -11,6 +11,7 @@ from mxnet.gluon import nn
 import d2lbn
 from d2lbn import models, train
 from d2lbn.fast import FastBatchNorm
+from d2lbn.whiten import PITNorm, Whitening
 
 
 def batch(shape, seed=0):
@@ -121,7 +122,8 @@ def test_net_on_second_cpu_context():
     assert not onp.allclose(net[1].moving_mean.data(ctx).asnumpy(), 0)
 
 
-@pytest.mark.parametrize("cls", [d2lbn.BatchNorm, d2lbn.HybridBatchNorm, FastBatchNorm])
+@pytest.mark.parametrize("cls", [d2lbn.BatchNorm, d2lbn.HybridBatchNorm, FastBatchNorm,
+                                 Whitening, PITNorm])
 def test_bad_input(cls):
     bn = cls(3, num_dims=4)
     bn.initialize()

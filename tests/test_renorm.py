@@ -7,6 +7,7 @@ import numpy as onp
 import pytest
 from mxnet import autograd, gluon, np
 from mxnet.gluon import nn
+from test_functional import random_inputs
 
 import d2lbn
 from d2lbn import models, train
@@ -21,18 +22,6 @@ NAMES = ["Y", "dX", "dgamma", "dbeta", "moving_mean", "moving_var"]
 
 def param_shape(shape):
     return (1, shape[1]) + (1,) * (len(shape) - 2)
-
-
-def random_inputs(shape, seed=0):
-    """Input with per-channel offset and scale, parameters and moving statistics."""
-    rng = onp.random.default_rng(seed)
-    X = rng.normal(1.5, 2.0, size=shape) * rng.uniform(0.5, 3, size=param_shape(shape))
-    gamma = rng.uniform(0.5, 2.0, size=param_shape(shape))
-    beta = rng.normal(size=param_shape(shape))
-    mean = rng.normal(size=param_shape(shape))
-    var = rng.uniform(0.5, 2.0, size=param_shape(shape))
-    head = rng.normal(size=shape)  # upstream gradient, so that dX is not trivially 0
-    return [np.array(a, dtype="float32") for a in (X, gamma, beta, mean, var, head)]
 
 
 def run(fn, X, gamma, beta, mean, var, head, training=True, **limits):
@@ -84,7 +73,7 @@ CASES = {"wide": (1e3, 1e3), "tight": (1.5, 0.5), "far": (1.5, 0.5)}
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_matches_float64_reference(shape, case):
-    inputs = random_inputs(shape)
+    inputs = random_inputs(shape, seed=0)
     r_max, d_max = CASES[case]
     if case == "far":
         mean, var = far_stats(inputs[0].asnumpy())

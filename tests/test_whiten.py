@@ -337,18 +337,6 @@ def test_save_load_in_sequential(tmp_path):
     onp.testing.assert_array_equal(clone(X).asnumpy(), net(X).asnumpy())
 
 
-@pytest.mark.parametrize("cls", [Whitening, PITNorm])
-def test_bad_input(cls):
-    layer = cls(4, num_dims=4)
-    layer.initialize()
-    with pytest.raises(ValueError, match="4-D"):
-        layer(batch((2, 4)))
-    with pytest.raises(ValueError, match=r"4 channels.*got 5"):
-        layer(batch((2, 5, 3, 3)))
-    with pytest.raises(ValueError, match="floating-point"):
-        layer(np.ones((2, 4, 3, 3), dtype="int32"))
-
-
 @pytest.mark.parametrize("kwargs, match", [
     (dict(group_size=4), "does not divide the 6 channels"),
     (dict(group_size=0), "group_size"),
