@@ -61,20 +61,27 @@ def test_block_matches_gluon_batchnorm(shape, cls):
                                                    (FastBatchNorm, FastBatchNorm)])
 @pytest.mark.parametrize("shape", [(6, 4, 5, 5), (10, 7)], ids=str)
 def test_hybridized_equals_imperative(shape, plain_cls, hybrid_cls):
-    plain, hybrid = plain_cls(shape[1], len(shape)), hybrid_cls(shape[1], len(shape))
+    check_hybridized_equals_imperative(plain_cls, hybrid_cls, shape)
+
+
+def check_hybridized_equals_imperative(make_plain, make_hybrid, shape, steps=3, tol=1e-6,
+                                       stats=("moving_mean", "moving_var")):
+    """Training steps, then prediction, compiled and not: the same outputs, gradients, state."""
+    plain, hybrid = make_plain(shape[1], len(shape)), make_hybrid(shape[1], len(shape))
     plain.initialize()
     hybrid.initialize()
     hybrid.hybridize()
-    for i in range(3):
+    for i in range(steps):
         X, head = batch(shape, i), batch(shape, 10 + i)
         for g, w in zip(step(hybrid, X, head), step(plain, X, head)):
-            onp.testing.assert_allclose(g.asnumpy(), w.asnumpy(), rtol=1e-6, atol=1e-6)
+            onp.testing.assert_allclose(g.asnumpy(), w.asnumpy(), rtol=tol, atol=tol)
         # switching to prediction mode and back must retrace, not reuse, the graph
-        onp.testing.assert_allclose(hybrid(X).asnumpy(), plain(X).asnumpy(), rtol=1e-6,
-                                    atol=1e-6)
-    for name in ("moving_mean", "moving_var"):
+        onp.testing.assert_allclose(hybrid(X).asnumpy(), plain(X).asnumpy(), rtol=tol,
+                                    atol=tol)
+    assert hybrid._cached_op is not None  # it really ran compiled
+    for name in stats:
         onp.testing.assert_allclose(getattr(hybrid, name).data().asnumpy(),
-                                    getattr(plain, name).data().asnumpy(), rtol=1e-6)
+                                    getattr(plain, name).data().asnumpy(), rtol=tol)
 
 
 @pytest.mark.parametrize("cls", [d2lbn.HybridBatchNorm, FastBatchNorm])

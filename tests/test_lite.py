@@ -5,13 +5,14 @@ implementations and the three Blocks are checked against a float64 NumPy
 reference, against each other, and the readable one against finite differences.
 """
 
+import functools
 from functools import partial
 
 import numpy as onp
 import pytest
 from mxnet import autograd, np
 from test_functional import EPS, MOMENTUM, TOL, ours, param_shape, random_inputs
-from test_layers import batch, step
+from test_layers import batch, check_hybridized_equals_imperative, step
 
 import d2lbn
 from d2lbn.fast import FastBatchNorm, batch_norm_fast
@@ -155,17 +156,9 @@ def test_blocks_match_numpy(shape, cls, normalize):
                                                    (FastBatchNorm, FastBatchNorm)])
 @pytest.mark.parametrize("shape", [(6, 4, 5, 5), (10, 7)], ids=str)
 def test_hybridized_equals_imperative(shape, plain_cls, hybrid_cls, normalize):
-    plain = plain_cls(shape[1], len(shape), normalize=normalize)
-    hybrid = hybrid_cls(shape[1], len(shape), normalize=normalize)
-    plain.initialize()
-    hybrid.initialize()
-    hybrid.hybridize()
-    for i in range(2):
-        X, head = batch(shape, i), batch(shape, 10 + i)
-        for g, w in zip(step(hybrid, X, head), step(plain, X, head)):
-            onp.testing.assert_allclose(g.asnumpy(), w.asnumpy(), rtol=1e-6, atol=1e-6)
-        onp.testing.assert_allclose(hybrid(X).asnumpy(), plain(X).asnumpy(), rtol=1e-6,
-                                    atol=1e-6)
+    check_hybridized_equals_imperative(functools.partial(plain_cls, normalize=normalize),
+                                       functools.partial(hybrid_cls, normalize=normalize),
+                                       shape, steps=2)
 
 
 def test_repr_names_a_lite_mode_only():

@@ -8,7 +8,7 @@ import numpy as onp
 import pytest
 from mxnet import autograd, np, npx
 from mxnet.gluon import nn
-from test_layers import batch, train_steps
+from test_layers import batch, check_hybridized_equals_imperative, train_steps
 
 from d2lbn import models
 from d2lbn.whiten import (
@@ -244,33 +244,14 @@ def test_zca_gradients_by_finite_differences(shape, g):
         onp.testing.assert_allclose(g_, w, rtol=1e-6, atol=1e-7, err_msg=name)
 
 
-def step(layer, X, head):
-    with autograd.record():
-        Y = layer(X)
-    Y.backward(head)
-    return [Y.asnumpy(), layer.gamma.grad().asnumpy(), layer.beta.grad().asnumpy()]
+MAKERS = [lambda c, d: Whitening(c, d, group_size=2), lambda c, d: PITNorm(c, d)]
 
 
-@pytest.mark.parametrize("make", [lambda c, d: Whitening(c, d, group_size=2),
-                                  lambda c, d: PITNorm(c, d)], ids=["Whitening", "PITNorm"])
+@pytest.mark.parametrize("make", MAKERS, ids=["Whitening", "PITNorm"])
 @pytest.mark.parametrize("shape", [(10, 4), (6, 4, 5, 5)], ids=str)
 def test_hybridized_equals_imperative(shape, make):
-    plain, hybrid = make(shape[1], len(shape)), make(shape[1], len(shape))
-    plain.initialize()
-    hybrid.initialize()
-    hybrid.hybridize()
-    for i in range(3):
-        X, head = batch(shape, i), batch(shape, 10 + i)
-        for g, w in zip(step(hybrid, X, head), step(plain, X, head)):
-            onp.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
-        # prediction mode retraces the graph, and training after it again
-        onp.testing.assert_allclose(hybrid(X).asnumpy(), plain(X).asnumpy(), rtol=1e-5,
-                                    atol=1e-5)
-    assert hybrid._cached_op is not None  # it really ran compiled
-    stats = ["moving_mean", "moving_whitening" if isinstance(plain, Whitening) else "moving_var"]
-    for name in stats:
-        onp.testing.assert_allclose(getattr(hybrid, name).data().asnumpy(),
-                                    getattr(plain, name).data().asnumpy(), rtol=1e-5, atol=1e-6)
+    stats = ["moving_mean", "moving_whitening" if make is MAKERS[0] else "moving_var"]
+    check_hybridized_equals_imperative(make, make, shape, tol=1e-5, stats=stats)
 
 
 def test_block_bookkeeping_and_moving_statistics():
