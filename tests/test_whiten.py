@@ -226,13 +226,8 @@ def numeric_grads(f, arrays, h=1e-6):
     return grads
 
 
-@pytest.mark.parametrize("shape, g", [((5, 4), 4), ((2, 4, 2, 2), 2)], ids=str)
-def test_zca_gradients_by_finite_differences(shape, g):
-    X, head = correlated(shape), onp.random.default_rng(5).normal(size=shape)
-    gamma, beta, mm, mw = params(shape, g)
-    # Any iteration count is a differentiable function of X: a few steps suffice
-    fn = lambda *a: zca_whiten(*a, np.array(mm), np.array(mw), EPS, MOMENTUM, iters=4)
-
+def check_gradients(fn, X, gamma, beta, head):
+    """dX, dgamma, dbeta of ``fn`` in float64 against central differences of the loss."""
     def loss(X, gamma, beta):
         with autograd.train_mode():
             Y = fn(np.array(X), np.array(gamma), np.array(beta))[0]
@@ -240,8 +235,17 @@ def test_zca_gradients_by_finite_differences(shape, g):
 
     got = recorded(fn, [np.array(a, dtype="float64") for a in (X, gamma, beta)],
                    np.array(head, dtype="float64"))[1:]
-    for name, g_, w in zip(["dX", "dgamma", "dbeta"], got, numeric_grads(loss, [X, gamma, beta])):
-        onp.testing.assert_allclose(g_, w, rtol=1e-6, atol=1e-7, err_msg=name)
+    for name, g, w in zip(["dX", "dgamma", "dbeta"], got, numeric_grads(loss, [X, gamma, beta])):
+        onp.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7, err_msg=name)
+
+
+@pytest.mark.parametrize("shape, g", [((5, 4), 4), ((2, 4, 2, 2), 2)], ids=str)
+def test_zca_gradients_by_finite_differences(shape, g):
+    X, head = correlated(shape), onp.random.default_rng(5).normal(size=shape)
+    gamma, beta, mm, mw = params(shape, g)
+    # Any iteration count is a differentiable function of X: a few steps suffice
+    fn = lambda *a: zca_whiten(*a, np.array(mm), np.array(mw), EPS, MOMENTUM, iters=4)
+    check_gradients(fn, X, gamma, beta, head)
 
 
 MAKERS = [lambda c, d: Whitening(c, d, group_size=2), lambda c, d: PITNorm(c, d)]
@@ -400,13 +404,4 @@ def test_pit_gradients_by_finite_differences(shape):
     head = rng.normal(size=shape)
     fn = lambda *a: pit_norm(*a, np.zeros(ps, dtype="float64"), np.ones(ps, dtype="float64"),
                              EPS, MOMENTUM)
-
-    def loss(X, gamma, beta):
-        with autograd.train_mode():
-            Y = fn(np.array(X), np.array(gamma), np.array(beta))[0]
-        return float((Y.asnumpy() * head).sum())
-
-    got = recorded(fn, [np.array(a, dtype="float64") for a in (X, gamma, beta)],
-                   np.array(head, dtype="float64"))[1:]
-    for name, g, w in zip(["dX", "dgamma", "dbeta"], got, numeric_grads(loss, [X, gamma, beta])):
-        onp.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7, err_msg=name)
+    check_gradients(fn, X, gamma, beta, head)
