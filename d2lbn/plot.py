@@ -69,3 +69,23 @@ def barh(values: dict[str, float], xlabel: str, log: bool = False):
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     return fig
+
+
+def panels(x, metrics: dict[str, dict[str, list[list[float]]]], xlabel: str, ncols: int = 3,
+           logy: tuple[str, ...] = ()):
+    """One small plot per metric: per group, one thin line per run against ``x``."""
+    nrows = -(-len(metrics) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.7 * nrows), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (metric, groups) in zip(axes.flat, metrics.items()):
+        for color, (name, runs) in zip(colors, groups.items()):
+            for i, y in enumerate(runs):
+                ax.plot(x[:len(y)], y, color=color, lw=1, alpha=0.8,
+                        label=f"{name} ({len(runs)} runs)" if i == 0 else None)
+        ax.set(xlabel=xlabel, title=metric, yscale="log" if metric in logy else "linear")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize="small")
+    fig.tight_layout()
+    return fig

@@ -71,6 +71,11 @@ def test_plots_draw():
     assert len(fig.axes[0].lines) == 2 and fig.axes[0].get_xscale() == "log"
     fig = plot.barh({"a": 1.0, "b": 2.0}, "ms", log=True)
     assert len(fig.axes[0].patches) == 2
+    runs = {"a": [[1.0, 2.0]], "b": [[3.0, 4.0], [5.0, 6.0]]}
+    fig = plot.panels([0, 10], {"m1": runs, "m2": runs, "m3": runs, "m4": runs}, "step",
+                      logy=("m2",))
+    assert len(fig.axes) == 6 and [len(ax.lines) for ax in fig.axes[:4]] == [3] * 4
+    assert fig.axes[1].get_yscale() == "log" and not fig.axes[5].axison
 
 
 def make_nb(count=None, error=False, stamped=True):
