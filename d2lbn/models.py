@@ -58,9 +58,12 @@ def lenet(norm: Norm = "scratch", placement: str = "before", activation: str = "
     if len(rates) != 2 or not all(0.0 <= p < 1.0 for p in rates):
         raise ValueError(f"dropout must be a rate in [0, 1) or two of them, got {dropout}")
     make_norm = norm_factory(norm)
-    # Gluon's own layers compile into one graph; other norm layers (the book's
-    # Block, ours that return moving statistics, callables) compile layer by layer
-    net = nn.HybridSequential() if norm in (None, "gluon") else LayerwiseSequential()
+    # Gluon's own layers compile into one graph; ours that return moving
+    # statistics, and callables, compile layer by layer; the book's Block cannot
+    if norm in (None, "gluon"):
+        net = nn.HybridSequential()
+    else:
+        net = nn.Sequential() if norm == "scratch" else LayerwiseSequential()
 
     def stage(layer, channels, num_dims, with_norm, drop=0.0):
         act = nn.Activation(activation)

@@ -210,3 +210,11 @@ def test_each_device_keeps_its_own_statistics(cls):
         expected = 0.1 * X.asnumpy().mean(axis=(0, 2, 3))
         onp.testing.assert_allclose(bn.moving_mean.data(ctx).asnumpy().ravel(), expected,
                                     rtol=1e-5, atol=1e-6)
+
+
+def test_lenet_container():
+    # Notebook 02 prints the scratch net: its container must stay nn.Sequential
+    assert type(models.lenet("scratch")) is nn.Sequential
+    assert type(models.lenet("gluon")) is type(models.lenet(None)) is nn.HybridSequential
+    for norm in ("hybrid", "fast", lambda c, d: nn.BatchNorm(in_channels=c)):
+        assert isinstance(models.lenet(norm), models.LayerwiseSequential)
