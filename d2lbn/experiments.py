@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Callable
+from typing import Callable, Dict, Tuple
 
 import numpy as onp
 
 from . import train
 from .results import METRICS, results_dir, write_atomic
 
-# name -> (a function building a fresh net, learning rate)
-Settings = dict[str, tuple[Callable[[], object], float]]
+# name -> (a function building a fresh net, learning rate); typing's generics, since
+# a subscripted dict outside an annotation needs Python 3.9
+Settings = Dict[str, Tuple[Callable[[], object], float]]
 
 
 def sweep(settings: Settings, train_iter, test_iter, num_epochs: int,
