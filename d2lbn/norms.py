@@ -37,82 +37,19 @@ import mxnet as mx
 from mxnet import init
 from mxnet.gluon import nn
 
+# The math lives in functional, with batch norm's; re-exported here beside the Blocks
+from .functional import (
+    check_num_groups,
+    group_norm,
+    group_norm_graph,
+    instance_axes,
+    instance_norm,
+    instance_norm_graph,
+    layer_axes,
+    layer_norm,
+    layer_norm_graph,
+)
 from .layers import check_input
-
-
-def layer_axes(ndim: int) -> tuple[int, ...]:
-    """Axes that layer norm averages over: every axis but the batch axis 0."""
-    if ndim < 2:
-        raise ValueError(f"layer norm needs (N, C, ...) input, got {ndim}-D")
-    return tuple(range(1, ndim))
-
-
-def instance_axes(ndim: int) -> tuple[int, ...]:
-    """Axes that instance norm averages over: the positions, axes 2 and on."""
-    if ndim < 3:
-        # On (N, C) each example has one value per channel: its mean is that
-        # value, the output is beta alone. MXNet's InstanceNorm returns that quietly
-        raise ValueError(f"instance norm needs (N, C, L, ...) input with positions to average "
-                         f"over, got {ndim}-D (on (N, C) the output would be beta alone)")
-    return tuple(range(2, ndim))
-
-
-def check_num_groups(num_features: int, num_groups: int) -> int:
-    """Return ``num_groups`` unless it is not a positive divisor of ``num_features``."""
-    if not isinstance(num_groups, int) or num_groups < 1:
-        raise ValueError(f"num_groups must be a positive int, got {num_groups!r}")
-    if num_features % num_groups:
-        raise ValueError(f"num_groups={num_groups} does not divide the {num_features} channels")
-    return num_groups
-
-
-def layer_norm(X, gamma, beta, eps):
-    """Normalise each example over all its values; the same in training and prediction."""
-    return layer_norm_graph(mx, X, gamma, beta, eps, num_dims=X.ndim)
-
-
-def layer_norm_graph(F, X, gamma, beta, eps, num_dims):
-    """``layer_norm`` for ``F`` = ``mx`` or ``mx.sym``, with the number of axes given."""
-    return gamma * _standardize(F, X, layer_axes(num_dims), eps) + beta
-
-
-def instance_norm(X, gamma, beta, eps):
-    """Normalise each channel of each example; the same in training and prediction."""
-    return instance_norm_graph(mx, X, gamma, beta, eps, num_dims=X.ndim)
-
-
-def instance_norm_graph(F, X, gamma, beta, eps, num_dims):
-    """``instance_norm`` for ``F`` = ``mx`` or ``mx.sym``, with the number of axes given."""
-    return gamma * _standardize(F, X, instance_axes(num_dims), eps) + beta
-
-
-def group_norm(X, gamma, beta, num_groups, eps):
-    """Normalise each example's channel groups; the same in training and prediction."""
-    layer_axes(X.ndim)
-    check_num_groups(X.shape[1], num_groups)
-    return group_norm_graph(mx, X, gamma, beta, num_groups, eps)
-
-
-def group_norm_graph(F, X, gamma, beta, num_groups, eps):
-    """``group_norm`` for ``F`` = ``mx`` or ``mx.sym``; ``num_groups`` must divide C."""
-    # (N, C, ...) -> (N, G, C // G * ...): consecutive channels and their
-    # positions form one row per example and group. npx.reshape's codes (-2 keeps
-    # N, -1 takes the rest) leave the shapes out of a hybridized graph, so that
-    # it serves every batch size
-    X_grouped = F.npx.reshape(X, (-2, num_groups, -1))
-    X_hat = F.npx.reshape_like(_standardize(F, X_grouped, (2,), eps), X)
-    # The affine map stays per channel, not per group: channels of one group
-    # share statistics but need not share a scale
-    return gamma * X_hat + beta
-
-
-def _standardize(F, X, axes, eps):
-    """``X`` centred and scaled by its mean and (biased) variance over ``axes``."""
-    # keepdims: one mean and variance per remaining index (example, and group or
-    # channel), shaped to broadcast against X
-    mean = X.mean(axis=axes, keepdims=True)
-    var = ((X - mean) ** 2).mean(axis=axes, keepdims=True)
-    return (X - mean) / F.np.sqrt(var + eps)
 
 
 class _ExampleNorm(nn.HybridBlock):
@@ -185,3 +122,8 @@ class InstanceNorm(_ExampleNorm):
 
     def hybrid_forward(self, F, X, gamma, beta):
         return instance_norm_graph(F, X, gamma, beta, self.eps, self.num_dims)
+
+
+__all__ = ["GroupNorm", "InstanceNorm", "LayerNorm", "check_num_groups", "group_norm",
+           "group_norm_graph", "instance_axes", "instance_norm", "instance_norm_graph",
+           "layer_axes", "layer_norm", "layer_norm_graph"]
