@@ -3,7 +3,8 @@
 Three measurements in one run, so that they share the machine's state:
 (1) LeNet training throughput per BN variant (synthetic Fashion-MNIST-shaped
 batches, a fixed window of batches after warm-up, split into rounds that
-alternate the variants); (2) forward+backward median time of each BN
+alternate the variants, each round's figure kept so that the table can show
+how far the ratios move within one run); (2) forward+backward median time of each BN
 implementation on a few shapes; (3) the copy bandwidth of the machine and,
 from it, the least time a BN forward+backward could take on each shape.
 """
@@ -41,7 +42,8 @@ DESCRIPTIONS = {
     "lenet": "LeNet with BN before each sigmoid, SGD, synthetic Fashion-MNIST-shaped batches; "
              "scratch: d2lbn.BatchNorm; scratch_fast: d2lbn.fast.FastBatchNorm, each layer "
              "hybridized; gluon: nn.BatchNorm, imperative; gluon_hybrid: nn.BatchNorm, the "
-             "whole net one graph; none: no BN, one graph",
+             "whole net one graph; none: no BN, one graph; rounds_examples_per_sec: the window's "
+             "rounds, which alternate the variants",
     "ops": "one recorded forward and backward; scratch: d2lbn.batch_norm; scratch_fast: "
            "FastBatchNorm hybridized; gluon: npx.batch_norm (fused), imperative; "
            "gluon_hybrid: nn.BatchNorm hybridized; floor_ms: float32 bytes read and written "
@@ -61,7 +63,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--batches", type=int, help="LeNet timing window in batches (default 120)")
     p.add_argument("--warmup", type=int, help="LeNet warm-up batches (default 10)")
-    p.add_argument("--rounds", type=int, help="the window is split into rounds (default 4)")
+    p.add_argument("--rounds", type=int, help="the window is split into rounds (default 4, at most one per batch)")
     p.add_argument("--reps", type=int, help="timed repetitions per op measurement (default 25)")
     p.add_argument("--shapes", type=_shapes, help="op shapes, e.g. 256x6x24x24,256x120")
     p.add_argument("--copy-mb", type=int, help="array size of the copy measurement (default 256)")
@@ -84,6 +86,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error(f"unknown variants {sorted(unknown)}; choose from {','.join(LENET)}")
     if args.batches < 1 or args.rounds < 1 or args.reps < 1:
         p.error("--batches, --rounds and --reps must be positive")
+    args.rounds = min(args.rounds, args.batches)
     return args
 
 
@@ -171,16 +174,18 @@ def bench_lenet(args, ctx: mx.Context, log=print) -> list[dict]:
     runs = {v: _lenet(v, ctx) for v in args.variants}
     for net, trainer in runs.values():
         _train_batches(net, trainer, loss, batches, args.warmup)
-    secs = dict.fromkeys(runs, 0.0)
-    done = dict.fromkeys(runs, 0)
     per_round = [args.batches // args.rounds + (r < args.batches % args.rounds)
                  for r in range(args.rounds)]
+    secs = {v: [] for v in runs}
     for count in per_round:
         for v, (net, trainer) in runs.items():  # rounds alternate the variants
-            secs[v] += _train_batches(net, trainer, loss, batches, count)
-            done[v] += count
-    out = [{"variant": v, "examples_per_sec": done[v] * args.batch_size / secs[v],
-            "batches": done[v]} for v in runs]
+            secs[v].append(_train_batches(net, trainer, loss, batches, count))
+    done = sum(per_round)
+    out = [{"variant": v, "examples_per_sec": done * args.batch_size / sum(secs[v]),
+            "batches": done,
+            "rounds_examples_per_sec": [n * args.batch_size / t
+                                        for n, t in zip(per_round, secs[v])]}
+           for v in runs]
     for row in out:
         log(f"  lenet {row['variant']:>13s}: {row['examples_per_sec']:8.0f} examples/s")
     return out
@@ -258,17 +263,33 @@ def bench_ops(args, ctx: mx.Context, copy_gbps: float, log=print) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- report
+def round_ratios(row: dict, ref: dict) -> tuple[float, float]:
+    """The lowest and highest per-round ratio of ``row``'s throughput to ``ref``'s.
+
+    Rounds alternate the variants, so each ratio pairs two runs a few seconds
+    apart: their spread shows how far one run on this machine can be trusted.
+    """
+    ratios = [a / b for a, b in zip(row["rounds_examples_per_sec"],
+                                     ref["rounds_examples_per_sec"])]
+    return min(ratios), max(ratios)
+
+
 def table(result: dict) -> str:
     """The results as two plain-text tables."""
     lines = [f"copy bandwidth {result['copy_gbps']:.1f} GB/s (read + write), "
              f"{result['machine']['cpu']}, {result['machine']['cores']} cores", ""]
-    lenet = {r["variant"]: r["examples_per_sec"] for r in result["lenet"]}
+    lenet = {r["variant"]: r for r in result["lenet"]}
     if lenet:
         ref = lenet.get("gluon_hybrid")
-        lines.append(f"{'LeNet training':16s}{'examples/s':>12s}{'x gluon_hybrid':>16s}")
-        for v, eps in lenet.items():
-            ratio = f"{eps / ref:16.2f}" if ref else ""
-            lines.append(f"{v:16s}{eps:12.0f}{ratio}")
+        lines.append(f"{'LeNet training':16s}{'examples/s':>12s}{'x gluon_hybrid':>16s}"
+                     f"{'per round':>14s}")
+        for v, r in lenet.items():
+            line = f"{v:16s}{r['examples_per_sec']:12.0f}"
+            if ref:
+                low, high = round_ratios(r, ref)
+                line += f"{r['examples_per_sec'] / ref['examples_per_sec']:16.2f}"
+                line += f"{low:9.2f}-{high:.2f}"
+            lines.append(line)
         lines.append("")
     shapes = []
     for r in result["ops"]:

@@ -93,11 +93,23 @@ def test_bench_quick_json(tmp_path, capsys):
     assert [r["variant"] for r in result["lenet"]] == [
         "scratch", "scratch_fast", "gluon", "gluon_hybrid", "none"]
     assert all(r["examples_per_sec"] > 0 for r in result["lenet"])
+    # --batches 2 caps the 4 default rounds at 2, one batch each
+    assert all(len(r["rounds_examples_per_sec"]) == 2 for r in result["lenet"])
     ops = {(tuple(r["shape"]), r["variant"]) for r in result["ops"]}
     assert ops == {(s, v) for s in [(4, 3, 5, 5), (6, 7)]
                    for v in ["scratch", "scratch_fast", "gluon", "gluon_hybrid"]}
     assert all(r["fwd_bwd_ms"] > 0 and r["floor_ms"] > 0 for r in result["ops"])
     assert "examples/s" in capsys.readouterr().out
+
+
+def test_round_ratios_pair_rounds():
+    row = {"rounds_examples_per_sec": [90.0, 200.0, 100.0]}
+    ref = {"rounds_examples_per_sec": [100.0, 100.0, 125.0]}
+    assert bench.round_ratios(row, ref) == (0.8, 2.0)
+    table = bench.table({"copy_gbps": 1.0, "machine": {"cpu": "x", "cores": 1}, "ops": [],
+                         "lenet": [dict(row, variant="scratch_fast", examples_per_sec=120.0),
+                                   dict(ref, variant="gluon_hybrid", examples_per_sec=100.0)]})
+    assert "scratch_fast" in table and "1.20     0.80-2.00" in table
 
 
 def test_quick_mode_is_bench_quick(monkeypatch):
