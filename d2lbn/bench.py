@@ -3,9 +3,9 @@
 Three measurements in one run, so that they share the machine's state:
 (1) LeNet training throughput per BN variant (synthetic Fashion-MNIST-shaped
 batches, a fixed window of batches after warm-up, split into rounds that
-alternate the variants, each round's figure kept so that the table can show
-how far the ratios move within one run); (2) forward+backward median time of each BN
-implementation on a few shapes; (3) the copy bandwidth of the machine and,
+alternate the variants; each round's figure is kept, so that the table shows
+how far the ratios move within one run); (2) forward+backward median time of
+each BN implementation on a few shapes; (3) the copy bandwidth of the machine and,
 from it, the least time a BN forward+backward could take on each shape.
 """
 
@@ -63,7 +63,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--batches", type=int, help="LeNet timing window in batches (default 120)")
     p.add_argument("--warmup", type=int, help="LeNet warm-up batches (default 10)")
-    p.add_argument("--rounds", type=int, help="the window is split into rounds (default 4, at most one per batch)")
+    p.add_argument("--rounds", type=int,
+                   help="the window is split into rounds (default 4, at most one per batch)")
     p.add_argument("--reps", type=int, help="timed repetitions per op measurement (default 25)")
     p.add_argument("--shapes", type=_shapes, help="op shapes, e.g. 256x6x24x24,256x120")
     p.add_argument("--copy-mb", type=int, help="array size of the copy measurement (default 256)")
