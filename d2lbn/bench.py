@@ -47,7 +47,9 @@ DESCRIPTIONS = {
     "ops": "one recorded forward and backward; scratch: d2lbn.batch_norm; scratch_fast: "
            "FastBatchNorm hybridized; gluon: npx.batch_norm (fused), imperative; "
            "gluon_hybrid: nn.BatchNorm hybridized; floor_ms: float32 bytes read and written "
-           "(X, Y forward; X, dY, dX backward) at the copy bandwidth",
+           "(X, Y forward; X, dY, dX backward) at the copy bandwidth; conv1x1_ms (4-D shapes): "
+           "one 1x1 convolution forward and backward, the fastest general kernel that scales "
+           "each channel, which any BN built from general operations needs at least once",
 }
 SHAPES = [(256, 6, 24, 24), (256, 16, 8, 8), (256, 120), (64, 64, 56, 56)]
 # Float32 values a BN must move at least: forward reads X and writes Y,
@@ -201,6 +203,8 @@ def _op_step(variant: str, shape, ctx: mx.Context):
     X = np.array(rng.normal(2.0, 3.0, size=shape), dtype="float32", ctx=ctx)
     head = np.array(rng.normal(size=shape), dtype="float32", ctx=ctx)
     X.attach_grad()
+    if variant == "conv1x1":
+        return _conv1x1_step(X, head)
     if variant in ("scratch", "gluon"):
         gamma, beta = np.ones(pshape, ctx=ctx), np.zeros(pshape, ctx=ctx)
         mean, var = np.zeros(pshape, ctx=ctx), np.ones(pshape, ctx=ctx)
@@ -231,13 +235,35 @@ def _op_step(variant: str, shape, ctx: mx.Context):
     return step
 
 
+def _conv1x1_step(X, head):
+    """One per-channel affine map of ``X`` as a 1x1 convolution, forward and backward."""
+    # Any BN built from general operations scales every channel of the whole
+    # array, forward and backward, and on CPU this is the fastest general
+    # kernel that does (broadcasting and batched matrix products are slower):
+    # its time is what such a BN cannot go below
+    C = X.shape[1]
+    W = np.eye(C, ctx=X.ctx).reshape(C, C, 1, 1)
+    b = np.zeros(C, ctx=X.ctx)
+    W.attach_grad()
+    b.attach_grad()
+
+    def step():
+        with autograd.record():
+            Y = npx.convolution(X, W, b, kernel=(1, 1), num_filter=C)
+        Y.backward(head)
+        X.grad.wait_to_read()
+
+    return step
+
+
 def bench_ops(args, ctx: mx.Context, copy_gbps: float, log=print) -> list[dict]:
-    """Median forward+backward milliseconds per implementation and shape, with the floor."""
+    """Median forward+backward ms per implementation and shape, with the floor and 1x1 conv."""
     out = []
     for shape in args.shapes:
         size = int(onp.prod(shape))
         floor_ms = size * BYTES_PER_ELEMENT / (copy_gbps * 1e9) * 1e3
-        steps = {v: _op_step(v, shape, ctx) for v in OP_VARIANTS}
+        variants = OP_VARIANTS + (["conv1x1"] if len(shape) == 4 else [])
+        steps = {v: _op_step(v, shape, ctx) for v in variants}
         reps = {}
         for variant, step in steps.items():
             step()  # builds and warms up
@@ -252,11 +278,12 @@ def bench_ops(args, ctx: mx.Context, copy_gbps: float, log=print) -> list[dict]:
             for variant, step in steps.items():
                 n = reps[variant] // rounds + (r < reps[variant] % rounds)
                 times[variant] += [_timed(step) for _ in range(n)]
-        for variant in steps:
-            ms = statistics.median(times[variant]) * 1e3
-            out.append({"shape": list(shape), "variant": variant, "fwd_bwd_ms": ms,
-                        "floor_ms": floor_ms, "reps": len(times[variant])})
-            log(f"  {'x'.join(map(str, shape)):>12s} {variant:>13s}: {ms:9.3f} ms "
+        ms = {v: statistics.median(times[v]) * 1e3 for v in steps}
+        for variant in OP_VARIANTS:
+            out.append({"shape": list(shape), "variant": variant, "fwd_bwd_ms": ms[variant],
+                        "floor_ms": floor_ms, "conv1x1_ms": ms.get("conv1x1"),
+                        "reps": len(times[variant])})
+            log(f"  {'x'.join(map(str, shape)):>12s} {variant:>13s}: {ms[variant]:9.3f} ms "
                 f"(floor {floor_ms:.3g} ms)")
         del steps
         npx.waitall()
@@ -298,15 +325,18 @@ def table(result: dict) -> str:
             shapes.append(r["shape"])
     if shapes:
         ms = {(tuple(r["shape"]), r["variant"]): r for r in result["ops"]}
-        lines.append("forward+backward ms (median); floor = bytes moved / copy bandwidth")
+        lines.append("forward+backward ms (median); floor = bytes moved / copy bandwidth; "
+                     "1x1 conv = one per-channel map, the least a BN from general ops does")
         lines.append(f"{'shape':18s}" + "".join(f"{v:>14s}" for v in OP_VARIANTS)
-                     + f"{'floor':>10s}")
+                     + f"{'floor':>10s}{'1x1 conv':>10s}")
         for s in shapes:
             row = [ms.get((tuple(s), v)) for v in OP_VARIANTS]
-            floor = next(r["floor_ms"] for r in row if r)
+            first = next(r for r in row if r)
+            conv = first.get("conv1x1_ms")
             lines.append(f"{'x'.join(map(str, s)):18s}"
                          + "".join(f"{r['fwd_bwd_ms']:14.3f}" if r else f"{'-':>14s}"
-                                   for r in row) + f"{floor:10.3g}")
+                                   for r in row) + f"{first['floor_ms']:10.3g}"
+                         + (f"{conv:10.3f}" if conv else f"{'-':>10s}"))
     return "\n".join(lines)
 
 

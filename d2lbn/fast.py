@@ -44,7 +44,7 @@ from __future__ import annotations
 import mxnet as mx
 from mxnet import autograd
 
-from .functional import check_normalize
+from .functional import check_normalize, moving_average
 from .layers import HybridBatchNorm
 
 
@@ -103,9 +103,8 @@ def batch_norm_fast_graph(F, X, gamma, beta, moving_mean, moving_var, eps, momen
     # comes back through one convolution instead of two summed
     shift = b + a * K if normalize == "var" else b - a * S1
     Y = _affine(F, Xc, a, shift, C)
-    # Gluon's convention: momentum is the weight of the old value
-    moving_mean = momentum * moving_mean + (1.0 - momentum) * F.npx.reshape_like(mean, gamma)
-    moving_var = momentum * moving_var + (1.0 - momentum) * F.npx.reshape_like(var, gamma)
+    moving_mean = moving_average(moving_mean, F.npx.reshape_like(mean, gamma), momentum)
+    moving_var = moving_average(moving_var, F.npx.reshape_like(var, gamma), momentum)
     return _like(F, Y, X, spatial), moving_mean, moving_var
 
 
@@ -179,8 +178,8 @@ def _batch_norm_2d(F, X, gamma, beta, moving_mean, moving_var, eps, momentum, tr
     a = _scale(F, gamma, var, eps, normalize)
     # "var" scales X itself: var is still the spread around the mean
     Y = (X if normalize == "var" else Xc) * F.np.dot(ones, a) + F.np.dot(ones, beta)
-    moving_mean = momentum * moving_mean + (1.0 - momentum) * mean
-    moving_var = momentum * moving_var + (1.0 - momentum) * var
+    moving_mean = moving_average(moving_mean, mean, momentum)
+    moving_var = moving_average(moving_var, var, momentum)
     return Y, moving_mean, moving_var
 
 

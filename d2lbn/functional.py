@@ -45,11 +45,15 @@ def batch_norm_graph(F, X, gamma, beta, moving_mean, moving_var, eps, momentum, 
     mean = X.mean(axis=axes, keepdims=True)
     var = ((X - mean) ** 2).mean(axis=axes, keepdims=True)
     X_hat = _standardize(F, X, mean, var, eps, normalize)
-    # Gluon's convention: momentum is the weight of the old value. Both
-    # statistics move in every mode, so that a layer can switch modes later
-    moving_mean = momentum * moving_mean + (1.0 - momentum) * mean
-    moving_var = momentum * moving_var + (1.0 - momentum) * var
+    # Both statistics move in every mode, so that a layer can switch modes later
+    moving_mean = moving_average(moving_mean, mean, momentum)
+    moving_var = moving_average(moving_var, var, momentum)
     return gamma * X_hat + beta, moving_mean, moving_var
+
+
+def moving_average(old, new, momentum):
+    """The running-statistics update, in Gluon's convention: ``momentum`` weighs the old value."""
+    return momentum * old + (1.0 - momentum) * new
 
 
 def _standardize(F, X, mean, var, eps, normalize):

@@ -208,21 +208,12 @@ def track(net, train_iter, num_steps: int, lr: float, every: int, layer_index: i
     trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": lr})
     loss = gluon.loss.SoftmaxCrossEntropyLoss()
     record = {key: [] for key in TRACKED}
-    step = 0
-    while step < num_steps:
-        start = step
-        for X, y in train_iter:
-            X, y = X.as_in_ctx(device), y.as_in_ctx(device)
-            if step % every == 0:
-                _record(record, step, net, loss, X, y, lr, layer_index, probe, scales)
-                if not quiet:
-                    _print_record(record, num_steps)
-            train.sgd_step(net, trainer, loss, X, y)
-            step += 1
-            if step == num_steps:
-                break
-        if step == start:
-            raise ValueError("train_iter gave no batches")
+    for step, (X, y) in enumerate(train.step_batches(train_iter, num_steps, device)):
+        if step % every == 0:
+            _record(record, step, net, loss, X, y, lr, layer_index, probe, scales)
+            if not quiet:
+                _print_record(record, num_steps)
+        train.sgd_step(net, trainer, loss, X, y)
     return record
 
 

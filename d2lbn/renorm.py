@@ -29,7 +29,7 @@ from mxnet import autograd, init
 from mxnet.gluon import nn
 
 from .fast import _stop_gradient
-from .functional import batch_norm, channel_axes
+from .functional import batch_norm, channel_axes, moving_average
 from .layers import _BatchNormBase
 
 # Paper schedule (Inception v3, 32 examples a step, ~130k steps): BN for 5k
@@ -65,9 +65,8 @@ def batch_renorm(X, gamma, beta, moving_mean, moving_var, eps, momentum, r_max, 
     r = _stop_gradient(mx.np.clip(sigma_batch / sigma, 1.0 / r_max, r_max))
     d = _stop_gradient(mx.np.clip((mean - moving_mean) / sigma, -d_max, d_max))
     X_hat = (X - mean) / sigma_batch * r + d
-    # The same update as batch_norm (momentum is the old value's weight)
-    moving_mean = momentum * moving_mean + (1.0 - momentum) * mean
-    moving_var = momentum * moving_var + (1.0 - momentum) * var
+    moving_mean = moving_average(moving_mean, mean, momentum)
+    moving_var = moving_average(moving_var, var, momentum)
     return gamma * X_hat + beta, moving_mean, moving_var
 
 

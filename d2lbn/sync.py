@@ -23,7 +23,7 @@ from __future__ import annotations
 from mxnet import autograd, np
 from mxnet.gluon import nn
 
-from .functional import batch_norm, channel_axes
+from .functional import batch_norm, channel_axes, moving_average
 from .layers import _BatchNormBase, check_input, warn_if_degenerate
 
 
@@ -102,10 +102,8 @@ def sync_batch_norm(Xs, gammas, betas, moving_means, moving_vars, eps, momentum)
     variances = [s / n for s in all_reduce(squares)]
     Ys = [gamma * (X - mean) / np.sqrt(var + eps) + beta
           for X, gamma, beta, mean, var in zip(Xs, gammas, betas, means, variances)]
-    moving_means = [momentum * mm + (1.0 - momentum) * mean
-                    for mm, mean in zip(moving_means, means)]
-    moving_vars = [momentum * mv + (1.0 - momentum) * var
-                   for mv, var in zip(moving_vars, variances)]
+    moving_means = [moving_average(mm, mean, momentum) for mm, mean in zip(moving_means, means)]
+    moving_vars = [moving_average(mv, var, momentum) for mv, var in zip(moving_vars, variances)]
     return Ys, moving_means, moving_vars
 
 

@@ -160,16 +160,26 @@ def test_acc_after_steps(net, train_iter, test_iter, lr: float, checkpoints: lis
     checkpoints = sorted({config.steps(c) for c in checkpoints})
     trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": lr})
     loss = gluon.loss.SoftmaxCrossEntropyLoss()
-    accs, step = [], 0
-    while step < checkpoints[-1]:
-        for X, y in train_iter:
-            sgd_step(net, trainer, loss, X.as_in_ctx(device), y.as_in_ctx(device))
-            step += 1
-            if step in checkpoints:
-                accs.append(evaluate_accuracy(net, test_iter, device))
-            if step == checkpoints[-1]:
-                break
+    accs = []
+    for step, (X, y) in enumerate(step_batches(train_iter, checkpoints[-1], device), 1):
+        sgd_step(net, trainer, loss, X, y)
+        if step in checkpoints:
+            accs.append(evaluate_accuracy(net, test_iter, device))
     return accs
+
+
+def step_batches(train_iter, num_steps: int, device: mx.Context):
+    """Yield ``num_steps`` batches on ``device``, passing over ``train_iter`` as often as needed."""
+    step = 0
+    while step < num_steps:
+        start = step
+        for X, y in train_iter:
+            yield X.as_in_ctx(device), y.as_in_ctx(device)
+            step += 1
+            if step == num_steps:
+                return
+        if step == start:
+            raise ValueError("train_iter gave no batches")
 
 
 def _batch_size(data_iter) -> int:

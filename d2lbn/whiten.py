@@ -33,6 +33,7 @@ import mxnet as mx
 import numpy as onp
 from mxnet import autograd, init
 
+from .functional import moving_average
 from .layers import HybridBatchNorm
 
 
@@ -94,8 +95,8 @@ def zca_whiten_graph(F, X, gamma, beta, moving_mean, moving_whitening, eps, mome
         # eps * I keeps Sigma invertible when the batch spans fewer directions
         W = _inv_sqrt(F, Sigma + eps * I, iters, g)
         # Gluon's convention: momentum is the weight of the old value
-        moving_mean = momentum * moving_mean + (1.0 - momentum) * F.npx.reshape_like(mean, gamma)
-        moving_whitening = momentum * moving_whitening + (1.0 - momentum) * W
+        moving_mean = moving_average(moving_mean, F.npx.reshape_like(mean, gamma), momentum)
+        moving_whitening = moving_average(moving_whitening, W, momentum)
     else:
         # Prediction: the statistics gathered during training, never the batch's
         mean, W = moving_mean.reshape(-1), moving_whitening
@@ -131,8 +132,8 @@ def pit_norm_graph(F, X, gamma, beta, moving_mean, moving_var, eps, momentum, nu
         var = var.reshape(-1)
         a = c_in / F.np.sqrt(var + eps)
         Z = _affine(F, Xc, a.reshape(C, 1, 1), F.np.zeros_like(a), C, 1, num_dims)
-        moving_mean = momentum * moving_mean + (1.0 - momentum) * F.npx.reshape_like(mean, gamma)
-        moving_var = momentum * moving_var + (1.0 - momentum) * F.npx.reshape_like(var, gamma)
+        moving_mean = moving_average(moving_mean, F.npx.reshape_like(mean, gamma), momentum)
+        moving_var = moving_average(moving_var, F.npx.reshape_like(var, gamma), momentum)
     else:
         a = c_in / F.np.sqrt(moving_var.reshape(-1) + eps)
         Z = _affine(F, _working(F, X, num_dims), a.reshape(C, 1, 1),

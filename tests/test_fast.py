@@ -99,7 +99,12 @@ def test_bench_quick_json(tmp_path, capsys):
     assert ops == {(s, v) for s in [(4, 3, 5, 5), (6, 7)]
                    for v in ["scratch", "scratch_fast", "gluon", "gluon_hybrid"]}
     assert all(r["fwd_bwd_ms"] > 0 and r["floor_ms"] > 0 for r in result["ops"])
-    assert "examples/s" in capsys.readouterr().out
+    # the 1x1 convolution reference: 4-D shapes only
+    for r in result["ops"]:
+        assert (r["conv1x1_ms"] is not None) == (len(r["shape"]) == 4)
+        assert r["conv1x1_ms"] is None or r["conv1x1_ms"] > 0
+    out = capsys.readouterr().out
+    assert "examples/s" in out and "1x1 conv" in out
 
 
 def test_round_ratios_pair_rounds():

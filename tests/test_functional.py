@@ -6,7 +6,7 @@ from mxnet import autograd, np, npx
 
 import d2lbn
 from d2lbn.fast import batch_norm_fast
-from d2lbn.functional import channel_axes
+from d2lbn.functional import channel_axes, moving_average
 
 SHAPES = [(8, 5), (6, 4, 7), (4, 3, 5, 6), (3, 2, 3, 4, 5), (5, 20, 3, 3)]
 # The book's readable function and the fast one share one contract
@@ -115,6 +115,15 @@ def test_training_output_is_standardised_per_channel():
     Y = Y.asnumpy()
     onp.testing.assert_allclose(Y.mean(axis=(0, 2, 3)), 0, atol=1e-5)
     onp.testing.assert_allclose(Y.var(axis=(0, 2, 3)), 1, atol=1e-3)
+
+
+def test_moving_average_weighs_the_old_value_by_momentum():
+    old, new = np.array([10.0, -2.0]), np.array([0.0, 2.0])
+    got = moving_average(old, new, 0.9).asnumpy()
+    onp.testing.assert_allclose(got, [9.0, -1.6], rtol=1e-6)
+    # momentum 0 forgets the past; momentum 1 never moves
+    onp.testing.assert_allclose(moving_average(old, new, 0.0).asnumpy(), new.asnumpy())
+    onp.testing.assert_allclose(moving_average(old, new, 1.0).asnumpy(), old.asnumpy())
 
 
 def test_channel_axes_rejects_1d():

@@ -78,3 +78,12 @@ def test_acc_after_steps_improves_and_honours_quick_mode(monkeypatch):
     assert len(accs) == 2 and accs[1] > 0.9 > accs[0]  # 40 steps cycle over the 16 batches
     monkeypatch.setenv(config.QUICK_ENV, "1")
     assert len(train.test_acc_after_steps(net, train_iter, test_iter, 1.0, [4, 30, 40])) == 2
+
+
+def test_step_batches_cycles_and_stops():
+    data = [(mx.np.full((2, 1), i), mx.np.array([i, i])) for i in range(3)]
+    got = [int(X[0, 0]) for X, _ in train.step_batches(data, 7, mx.cpu())]
+    assert got == [0, 1, 2, 0, 1, 2, 0]
+    assert list(train.step_batches(data, 0, mx.cpu())) == []
+    with pytest.raises(ValueError, match="no batches"):
+        list(train.step_batches([], 1, mx.cpu()))
