@@ -1,0 +1,89 @@
+"""The README's figures are the committed runs' figures: its tables must follow the results."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from d2lbn import bench
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+NOTEBOOK_ROW = re.compile(
+    r"^\| (\d\d) \| \[[^\]]+\]\((notebooks/[^)]+\.ipynb)\) \|.*\| (\d+) s \|$", re.MULTILINE)
+
+
+def close(shown: float, value: float) -> bool:
+    """Whether ``shown`` is ``value`` rounded to the README's 2 decimals or 3 digits."""
+    return abs(shown - value) <= max(0.006 * abs(value), 0.0051)
+
+
+def table_rows(first_header: str) -> list[list[str]]:
+    """The body cells of the README table whose first header cell is ``first_header``."""
+    lines = README[README.index(f"| {first_header} |"):].splitlines()[2:]
+    rows = []
+    for line in lines:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def numbers(cell: str) -> list[float]:
+    return [float(n) for n in re.findall(r"\d+(?:\.\d+)?", cell)]
+
+
+@pytest.fixture(scope="module")
+def summary():
+    return json.loads((ROOT / "results" / "summary.json").read_text())["notebooks"]
+
+
+@pytest.fixture(scope="module")
+def bench_result():
+    return json.loads((ROOT / "results" / "bench.json").read_text())
+
+
+def test_every_notebook_has_a_row_with_its_wall_time(summary):
+    rows = NOTEBOOK_ROW.findall(README)
+    assert sorted(path for _, path, _ in rows) == sorted(
+        f"notebooks/{p.name}" for p in (ROOT / "notebooks").glob("*.ipynb"))
+    for number, path, seconds in rows:
+        stem = Path(path).stem
+        assert stem.startswith(number)
+        assert int(seconds) == round(summary[stem]["wall_s"]), stem
+
+
+def test_make_run_total_is_the_notebooks_sum(summary):
+    total = round(sum(entry["wall_s"] for entry in summary.values()))
+    assert f"({total} s of notebooks" in README
+
+
+def test_lenet_table_is_the_committed_bench_run(bench_result):
+    lenet = bench_result["lenet"]
+    ref = next(r for r in lenet if r["variant"] == "gluon_hybrid")
+    rows = table_rows("LeNet training")
+    assert len(rows) == len(lenet)
+    for (_, speed, ratio, per_round), r in zip(rows, lenet):
+        assert close(float(speed), r["examples_per_sec"]), r["variant"]
+        assert close(float(ratio), r["examples_per_sec"] / ref["examples_per_sec"])
+        if r is not ref:
+            low, high = numbers(per_round)
+            assert (close(low, bench.round_ratios(r, ref)[0])
+                    and close(high, bench.round_ratios(r, ref)[1])), r["variant"]
+
+
+def test_op_table_is_the_committed_bench_run(bench_result):
+    ops = {(tuple(r["shape"]), r["variant"]): r for r in bench_result["ops"]}
+    rows = table_rows("forward+backward, ms")
+    assert {tuple(int(n) for n in row[0].split("×")) for row in rows} == {s for s, _ in ops}
+    for shape_cell, *cells in rows:
+        shape = tuple(int(n) for n in shape_cell.split("×"))
+        first = ops[shape, bench.OP_VARIANTS[0]]
+        want = [ops[shape, v]["fwd_bwd_ms"] for v in bench.OP_VARIANTS]
+        want += [first["floor_ms"], first["conv1x1_ms"]]
+        for cell, value in zip(cells, want):
+            if value is None:
+                assert cell == "–"
+            else:
+                assert close(float(cell), value), (shape, cell, value)
