@@ -27,29 +27,33 @@ from mxnet.gluon import nn
 from . import config, models
 from .fast import FastBatchNorm, _affine
 from .functional import batch_norm
+from .layers import HybridBatchNorm
 from .train import sgd_step
 
 # LeNet variants: (norm for models.lenet, hybridize?)
 LENET = {
     "scratch": ("scratch", False),     # the book's layer, imperative
+    "scratch_hybrid": ("hybrid", True),  # the book's math, each layer compiled
     "scratch_fast": ("fast", True),    # FastBatchNorm, each layer compiled
     "gluon": ("gluon", False),         # nn.BatchNorm, imperative
     "gluon_hybrid": ("gluon", True),   # nn.BatchNorm, the whole net one graph
     "none": (None, True),              # no BN at all, one graph
 }
-OP_VARIANTS = ["scratch", "scratch_fast", "gluon", "gluon_hybrid"]
+OP_VARIANTS = ["scratch", "scratch_hybrid", "scratch_fast", "gluon", "gluon_hybrid"]
 DESCRIPTIONS = {
     "lenet": "LeNet with BN before each sigmoid, SGD, synthetic Fashion-MNIST-shaped batches; "
-             "scratch: d2lbn.BatchNorm; scratch_fast: d2lbn.fast.FastBatchNorm, each layer "
-             "hybridized; gluon: nn.BatchNorm, imperative; gluon_hybrid: nn.BatchNorm, the "
-             "whole net one graph; none: no BN, one graph; rounds_examples_per_sec: the window's "
-             "rounds, which alternate the variants",
-    "ops": "one recorded forward and backward; scratch: d2lbn.batch_norm; scratch_fast: "
-           "FastBatchNorm hybridized; gluon: npx.batch_norm (fused), imperative; "
-           "gluon_hybrid: nn.BatchNorm hybridized; floor_ms: float32 bytes read and written "
-           "(X, Y forward; X, dY, dX backward) at the copy bandwidth; conv1x1_ms (4-D shapes): "
-           "one 1x1 convolution forward and backward, the fastest general kernel that scales "
-           "each channel, which any BN built from general operations needs at least once",
+             "scratch: d2lbn.BatchNorm; scratch_hybrid: d2lbn.HybridBatchNorm (the same math, "
+             "compiled), each layer hybridized; scratch_fast: d2lbn.fast.FastBatchNorm, each "
+             "layer hybridized; gluon: nn.BatchNorm, imperative; gluon_hybrid: nn.BatchNorm, "
+             "the whole net one graph; none: no BN, one graph; rounds_examples_per_sec: the "
+             "window's rounds, which alternate the variants",
+    "ops": "one recorded forward and backward; scratch: d2lbn.batch_norm; scratch_hybrid: "
+           "HybridBatchNorm hybridized; scratch_fast: FastBatchNorm hybridized; gluon: "
+           "npx.batch_norm (fused), imperative; gluon_hybrid: nn.BatchNorm hybridized; "
+           "floor_ms: float32 bytes read and written (X, Y forward; X, dY, dX backward) at the "
+           "copy bandwidth; conv1x1_ms (4-D shapes): one 1x1 convolution forward and backward, "
+           "the fastest general kernel that scales each channel, which any BN built from "
+           "general operations needs at least once",
 }
 SHAPES = [(256, 6, 24, 24), (256, 16, 8, 8), (256, 120), (64, 64, 56, 56)]
 # Float32 values a BN must move at least: forward reads X and writes Y,
@@ -220,8 +224,9 @@ def _op_step(variant: str, shape, ctx: mx.Context):
                 return npx.batch_norm(X, g, b, m, v, eps=1e-5, momentum=0.9,
                                       fix_gamma=False, axis=1)
     else:
-        block = (FastBatchNorm(C, num_dims=len(shape)) if variant == "scratch_fast"
-                 else nn.BatchNorm(in_channels=C))
+        block = {"scratch_hybrid": lambda: HybridBatchNorm(C, num_dims=len(shape)),
+                 "scratch_fast": lambda: FastBatchNorm(C, num_dims=len(shape)),
+                 "gluon_hybrid": lambda: nn.BatchNorm(in_channels=C)}[variant]()
         block.initialize(ctx=ctx)
         block.hybridize()
         forward = lambda: block(X)
@@ -326,14 +331,14 @@ def table(result: dict) -> str:
         ms = {(tuple(r["shape"]), r["variant"]): r for r in result["ops"]}
         lines.append("forward+backward ms (median); floor = bytes moved / copy bandwidth; "
                      "1x1 conv = one per-channel map, the least a BN from general ops does")
-        lines.append(f"{'shape':18s}" + "".join(f"{v:>14s}" for v in OP_VARIANTS)
+        lines.append(f"{'shape':18s}" + "".join(f"{v:>16s}" for v in OP_VARIANTS)
                      + f"{'floor':>10s}{'1x1 conv':>10s}")
         for s in shapes:
             row = [ms.get((tuple(s), v)) for v in OP_VARIANTS]
             first = next(r for r in row if r)
             conv = first.get("conv1x1_ms")
             lines.append(f"{'x'.join(map(str, s)):18s}"
-                         + "".join(f"{r['fwd_bwd_ms']:14.3f}" if r else f"{'-':>14s}"
+                         + "".join(f"{r['fwd_bwd_ms']:16.3f}" if r else f"{'-':>16s}"
                                    for r in row) + f"{first['floor_ms']:10.3g}"
                          + (f"{conv:10.3f}" if conv else f"{'-':>10s}"))
     return "\n".join(lines)

@@ -91,13 +91,14 @@ def test_bench_quick_json(tmp_path, capsys):
     assert {"machine", "copy_gbps", "lenet", "ops"} <= set(result)
     assert result["copy_gbps"] > 0
     assert [r["variant"] for r in result["lenet"]] == [
-        "scratch", "scratch_fast", "gluon", "gluon_hybrid", "none"]
+        "scratch", "scratch_hybrid", "scratch_fast", "gluon", "gluon_hybrid", "none"]
     assert all(r["examples_per_sec"] > 0 for r in result["lenet"])
     # --batches 2 caps the 4 default rounds at 2, one batch each
     assert all(len(r["rounds_examples_per_sec"]) == 2 for r in result["lenet"])
     ops = {(tuple(r["shape"]), r["variant"]) for r in result["ops"]}
     assert ops == {(s, v) for s in [(4, 3, 5, 5), (6, 7)]
-                   for v in ["scratch", "scratch_fast", "gluon", "gluon_hybrid"]}
+                   for v in ["scratch", "scratch_hybrid", "scratch_fast", "gluon",
+                             "gluon_hybrid"]}
     assert all(r["fwd_bwd_ms"] > 0 and r["floor_ms"] > 0 for r in result["ops"])
     # the 1x1 convolution reference: 4-D shapes only
     for r in result["ops"]:
