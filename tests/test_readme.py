@@ -1,5 +1,7 @@
 """The README's figures are the committed runs' figures: its tables must follow the results."""
 
+from __future__ import annotations
+
 import json
 import re
 from pathlib import Path
