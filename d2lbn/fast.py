@@ -53,6 +53,13 @@ Two of them alone, forward and backward, already take 11.1 ms on
   fused operator on (256, 120) (1.0 ms), and NumPy's passes ran about 1.5x
   slower inside the op than on their own;
 - grouped rather than dense 1x1 convolutions at 16 channels: within noise;
+- at 16 channels oneDNN hands the sums a blocked layout, which costs a
+  reorder: a shift convolution with one extra (zero) output channel avoids
+  it, 6.8 against 7.4 ms on (256, 16, 8, 8); dropped, as it is 1% of a
+  LeNet step for an odd-looking graph;
+- one shift per position (X - X[0] by broadcasting, sums over the batch
+  axis as matrix products, one convolution only): 33 against 14.4 ms for
+  this version on (256, 6, 24, 24);
 - sums with a depthwise HxW convolution, or over the two trailing axes with
   a reduce kernel: slower than the matrix products (7.1 and 9.1 against 5.7
   ms with the shift convolution on (256, 16, 8, 8)).
