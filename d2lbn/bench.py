@@ -268,19 +268,23 @@ def bench_ops(args, ctx: mx.Context, copy_gbps: float, log=print) -> list[dict]:
         floor_ms = size * BYTES_PER_ELEMENT / (copy_gbps * 1e9) * 1e3
         variants = OP_VARIANTS + (["conv1x1"] if len(shape) == 4 else [])
         steps = {v: _op_step(v, shape, ctx) for v in variants}
-        reps = {}
+        # The book's layer takes seconds on the large shape: fewer repetitions,
+        # within a time budget per implementation (smaller in quick mode)
+        budget, least = (5.0, 1) if args.quick else (20.0, 3)
+        times, reps = {}, {}
         for variant, step in steps.items():
             step()  # builds and warms up
-            first = _timed(step)
-            # The book's layer takes seconds on the large shape: fewer repetitions
-            reps[variant] = args.reps if first * args.reps < 20 else max(3, int(20 / first))
+            times[variant] = [_timed(step)]
+            first = times[variant][0]
+            reps[variant] = (args.reps if first * args.reps < budget
+                             else max(least, int(budget / first)))
         # Rounds alternate the implementations, so that a slow spell of a shared
         # machine does not land on one of them only
-        times = {v: [] for v in steps}
         rounds = min(args.rounds, min(reps.values()))
         for r in range(rounds):
             for variant, step in steps.items():
-                n = reps[variant] // rounds + (r < reps[variant] % rounds)
+                left = reps[variant] - 1
+                n = left // rounds + (r < left % rounds)
                 times[variant] += [_timed(step) for _ in range(n)]
         ms = {v: statistics.median(times[v]) * 1e3 for v in steps}
         for variant in OP_VARIANTS:
