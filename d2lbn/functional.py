@@ -42,13 +42,21 @@ def batch_norm_graph(F, X, gamma, beta, moving_mean, moving_var, eps, momentum, 
         return gamma * X_hat + beta, moving_mean, moving_var
     # One mean and one (biased) variance per channel, over all examples and
     # positions: keepdims so that they broadcast against X
-    mean = X.mean(axis=axes, keepdims=True)
-    var = ((X - mean) ** 2).mean(axis=axes, keepdims=True)
+    mean, var = moments(X, axes)
     X_hat = _standardize(F, X, mean, var, eps, normalize)
     # Both statistics move in every mode, so that a layer can switch modes later
     moving_mean = moving_average(moving_mean, mean, momentum)
     moving_var = moving_average(moving_var, var, momentum)
     return gamma * X_hat + beta, moving_mean, moving_var
+
+
+def moments(X, axes):
+    """Mean and biased variance of ``X`` over ``axes``, kept as axes of length 1."""
+    # keepdims: one mean and variance per remaining index, shaped to broadcast
+    # against X; two passes, so that a large mean does not cancel the variance
+    mean = X.mean(axis=axes, keepdims=True)
+    var = ((X - mean) ** 2).mean(axis=axes, keepdims=True)
+    return mean, var
 
 
 def moving_average(old, new, momentum):
@@ -138,8 +146,4 @@ def group_norm_graph(F, X, gamma, beta, num_groups, eps):
 
 def _standardize_over(F, X, axes, eps):
     """``X`` centred and scaled by its mean and (biased) variance over ``axes``."""
-    # keepdims: one mean and variance per remaining index (example, and group or
-    # channel), shaped to broadcast against X
-    mean = X.mean(axis=axes, keepdims=True)
-    var = ((X - mean) ** 2).mean(axis=axes, keepdims=True)
-    return (X - mean) / F.np.sqrt(var + eps)
+    return _standardize(F, X, *moments(X, axes), eps, "full")

@@ -29,7 +29,7 @@ from mxnet import autograd, init
 from mxnet.gluon import nn
 
 from .fast import _stop_gradient
-from .functional import batch_norm, channel_axes, moving_average
+from .functional import batch_norm, channel_axes, moments, moving_average
 from .layers import _BatchNormBase
 
 # Paper schedule (Inception v3, 32 examples a step, ~130k steps): BN for 5k
@@ -56,8 +56,7 @@ def batch_renorm(X, gamma, beta, moving_mean, moving_var, eps, momentum, r_max, 
         # Prediction is BN's: the correction exists to make training look like it
         return batch_norm(X, gamma, beta, moving_mean, moving_var, eps, momentum)
     axes = channel_axes(X.ndim)
-    mean = X.mean(axis=axes, keepdims=True)
-    var = ((X - mean) ** 2).mean(axis=axes, keepdims=True)
+    mean, var = moments(X, axes)
     sigma_batch = mx.np.sqrt(var + eps)
     sigma = mx.np.sqrt(moving_var + eps)
     # Constants for the backward pass: the paper's point is that gradients do

@@ -70,9 +70,8 @@ def test_lenet_table_is_the_committed_bench_run(bench_result):
         assert close(float(speed), r["examples_per_sec"]), r["variant"]
         assert close(float(ratio), r["examples_per_sec"] / ref["examples_per_sec"])
         if r is not ref:
-            low, high = numbers(per_round)
-            assert (close(low, bench.round_ratios(r, ref)[0])
-                    and close(high, bench.round_ratios(r, ref)[1])), r["variant"]
+            (low, high), (want_low, want_high) = numbers(per_round), bench.round_ratios(r, ref)
+            assert close(low, want_low) and close(high, want_high), r["variant"]
 
 
 def test_op_table_is_the_committed_bench_run(bench_result):
