@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,7 +16,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("bench", help="from-scratch vs built-in BatchNorm: LeNet and op timings",
                    add_help=False)
     run = sub.add_parser("run", help="execute notebooks (all by default), write results/")
-    run.add_argument("notebooks", nargs="*", type=Path)
+    run.add_argument("notebooks", nargs="*", help="paths or numbers, e.g. 02 03")
+    run.add_argument("--jobs", "-j", type=int, default=None,
+                     help="processes at once, kernels and their workers (default: the cores)")
     tr = sub.add_parser("train", help="train the chapter's LeNet once, log per epoch")
     tr.add_argument("--norm", default="scratch", help="scratch | hybrid | fast | gluon | none")
     tr.add_argument("--lr", type=float, default=1.0)
@@ -30,15 +31,21 @@ def main(argv: list[str] | None = None) -> int:
 
         return data.main(rest)
     if args.command == "bench":
-        from . import bench
+        from .lab import bench
 
         return bench.main(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "run":
-        from .notebooks import run_all
+        from .lab import runner
 
-        run_all([p.resolve() for p in args.notebooks] or None)
+        if args.jobs is not None and args.jobs < 1:
+            parser.error(f"--jobs must be at least 1, got {args.jobs}")
+        try:
+            paths = runner.resolve(args.notebooks) if args.notebooks else None
+        except ValueError as err:
+            parser.error(str(err))
+        runner.run_all(paths, args.jobs)
         return 0
     from . import data, models, train
 

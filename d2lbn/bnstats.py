@@ -6,17 +6,17 @@ import numpy as onp
 from mxnet import autograd, np
 from mxnet.gluon import nn
 
-from .layers import _BatchNormBase
+from .layers import BatchNormBase
 
 
 def is_batch_norm(layer) -> bool:
     """Whether ``layer`` is Gluon's ``nn.BatchNorm`` or one of d2lbn's BN Blocks."""
-    return isinstance(layer, (nn.BatchNorm, _BatchNormBase))
+    return isinstance(layer, (nn.BatchNorm, BatchNormBase))
 
 
 def running_stats(bn):
     """``(mean, var, eps)`` a BN layer uses in prediction mode (mean, var: its Parameters)."""
-    if isinstance(bn, _BatchNormBase):
+    if isinstance(bn, BatchNormBase):
         if bn.normalize != "full":
             raise ValueError(f"expected full batch norm, not normalize={bn.normalize!r}")
         return bn.moving_mean, bn.moving_var, bn.eps

@@ -27,8 +27,6 @@ from typing import NamedTuple
 import numpy as onp
 from mxnet import gluon, np, npx
 
-from . import config
-
 DATA_ENV = "D2LBN_DATA"
 DEBIAN_PACKAGE = "dataset-fashion-mnist"
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -262,9 +260,6 @@ def describe(spec: Spec = FASHION_MNIST) -> str:
     train, test = (len(_load(source.path, spec)[s][1]) for s in FILES)
     text = (f"Fashion-MNIST: {source.path} ({source.kind}), {train} training and "
             f"{test} test images, verified")
-    if config.is_quick():
-        text += (f"\nquick mode: first {min(train, config.QUICK_TRAIN)} training and "
-                 f"{min(test, config.QUICK_TEST)} test images used")
     return text
 
 
@@ -335,29 +330,26 @@ def _to_arrays(samples: list[tuple[onp.ndarray, int]], resize: int | None
 def load_data_fashion_mnist(batch_size: int, resize: int | None = None,
                             root: str | os.PathLike | None = None,
                             spec: Spec = FASHION_MNIST, transform: Callable | None = None,
-                            num_train: int | None = None
+                            num_train: int | None = None, num_test: int | None = None
                             ) -> tuple[gluon.data.DataLoader, gluon.data.DataLoader]:
     """(train_iter, test_iter) as d2l's: float32 images in [0, 1] of (N, 1, H, W), int labels.
 
     ``transform`` maps each batch of images to new ones (e.g. ``lambda X: 1 - X``,
-    a shifted task for fine-tuning experiments); ``num_train`` keeps only the
-    first training examples (quick mode may keep fewer), for a fixed budget.
+    a shifted task for fine-tuning experiments); ``num_train`` and ``num_test``
+    keep only the first training and test examples.
     """
     _check_positive_int("batch_size", batch_size)
-    if num_train is not None:
-        _check_positive_int("num_train", num_train)
+    for name, value in (("num_train", num_train), ("num_test", num_test)):
+        if value is not None:
+            _check_positive_int(name, value)
     if transform is not None and not callable(transform):
         raise ValueError(f"transform must be a function of a batch of images, got {transform!r}")
     if resize is not None:
         _check_positive_int("resize", resize)
     arrays = _load(locate(spec, root).path, spec)
-    if config.is_quick():
-        config.announce()
-        keep = {"train": config.QUICK_TRAIN, "test": config.QUICK_TEST}
-        arrays = {s: (X[:keep[s]], y[:keep[s]]) for s, (X, y) in arrays.items()}
-    if num_train is not None:
-        X, y = arrays["train"]
-        arrays["train"] = (X[:num_train], y[:num_train])
+    for split, keep in (("train", num_train), ("test", num_test)):
+        X, y = arrays[split]
+        arrays[split] = (X[:keep], y[:keep])  # X[:None] is all of X
     batchify = functools.partial(_batchify, resize=resize, transform=transform)
 
     def loader(split: str, shuffle: bool) -> gluon.data.DataLoader:

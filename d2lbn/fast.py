@@ -107,7 +107,7 @@ def batch_norm_fast_graph(F, X, gamma, beta, moving_mean, moving_var, eps, momen
         a = _scale(F, g, moving_var.reshape(-1), eps, normalize)
         # a * X + b for "var" (no centring), else a * (X - moving_mean) + b
         shift = b if normalize == "var" else b - a * moving_mean.reshape(-1)
-        Y = _affine(F, X4, a, shift, C)
+        Y = affine(F, X4, a, shift, C)
         return _like(F, Y, X, spatial), moving_mean, moving_var
     H, W = hw
     # The shift K: each channel's mean over the first example (no gradient).
@@ -115,11 +115,11 @@ def batch_norm_fast_graph(F, X, gamma, beta, moving_mean, moving_var, eps, momen
     # E[x^2] - E[x]^2 would cancel; and since the batch's variance includes the
     # spread of example means, (K - mean)^2 <= N * var: a few bits at most.
     # (Slicing along the batch axis is safe on oneDNN's blocked layouts.)
-    first = _stop_gradient(X4[0])                                    # (C, H, W), small
+    first = stop_gradient(X4[0])                                    # (C, H, W), small
     K = F.np.dot(F.np.dot(first, F.np.ones((W,))), F.np.ones((H,))) / (H * W)
     # Xc = X - K in one pass; the sums of Xc and Xc^2 give mean and variance
     # and carry their gradient back to X (autograd derives the backward pass)
-    Xc = _affine(F, X4, None, -K, C)
+    Xc = affine(F, X4, None, -K, C)
     S1, S2, count = _channel_sums(F, Xc, F.np.square(Xc), hw, C)
     S1, S2 = S1 / count, S2 / count
     mean, var = K + S1, S2 - F.np.square(S1)
@@ -128,7 +128,7 @@ def batch_norm_fast_graph(F, X, gamma, beta, moving_mean, moving_var, eps, momen
     # a * X + b = a * (Xc + K) + b. Both from Xc, not X4: X's gradient then
     # comes back through one convolution instead of two summed
     shift = b + a * K if normalize == "var" else b - a * S1
-    Y = _affine(F, Xc, a, shift, C)
+    Y = affine(F, Xc, a, shift, C)
     moving_mean = moving_average(moving_mean, F.npx.reshape_like(mean, gamma), momentum)
     moving_var = moving_average(moving_var, F.npx.reshape_like(var, gamma), momentum)
     return _like(F, Y, X, spatial), moving_mean, moving_var
@@ -139,7 +139,7 @@ def _scale(F, gamma, var, eps, normalize):
     return gamma if normalize == "mean" else gamma / F.np.sqrt(var + eps)
 
 
-def _stop_gradient(x):
+def stop_gradient(x):
     """``x`` cut out of the recorded graph, for ``mx.nd`` and ``mx.sym`` NumPy arrays."""
     # (the NumPy interface has no stop_gradient of its own; keep x small: it is a copy)
     mod = mx.sym if isinstance(x, mx.sym.Symbol) else mx.nd
@@ -151,7 +151,7 @@ def _like(F, Y4, X, spatial):
     return Y4 if len(spatial) == 2 else F.npx.reshape_like(Y4, X)
 
 
-def _affine(F, X4, a, b, C):
+def affine(F, X4, a, b, C):
     """``a[c] * X4 + b[c]`` per channel (``a=None``: 1) as a 1x1 convolution (oneDNN)."""
     # A dense C x C convolution with a diagonal weight: for few channels oneDNN
     # runs it faster than the grouped (num_group=C) one, forward and backward

@@ -27,7 +27,7 @@ import numpy as onp
 from mxnet import autograd, gluon
 from mxnet.gluon.parameter import DeferredInitializationError
 
-from . import config, train
+from . import train
 
 # Step sizes along -g, as multiples of the learning rate (the paper spans about
 # one order of magnitude around the step SGD takes)
@@ -195,14 +195,13 @@ def track(net, train_iter, num_steps: int, lr: float, every: int, layer_index: i
     A record at step ``s`` (SGD steps taken so far: 0, every, 2 every, ...) is
     taken before that step, on its batch: the batch's loss, ``layer_input_stats``
     on the fixed batch ``probe``, ``gradient_ics`` and the ``loss_landscape``
-    summary. Returns ``TRACKED`` as keys, each a list of plain numbers, one per record;
-    quick mode caps the steps. Prints one line per record unless ``quiet``.
+    summary. Returns ``TRACKED`` as keys, each a list of plain numbers, one per record.
+    Prints one line per record unless ``quiet``.
     """
     if lr <= 0:
         raise ValueError(f"lr must be positive, got {lr}")
     if num_steps < 1 or every < 1:
         raise ValueError(f"num_steps and every must be at least 1, got {num_steps}, {every}")
-    num_steps = config.steps(num_steps)
     device = device or train.try_gpu()
     probe = probe.as_in_ctx(device)
     trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": lr})

@@ -35,7 +35,7 @@ def warn_if_degenerate(X) -> bool:
     return True
 
 
-class _BatchNormBase:
+class BatchNormBase:
     """Shared parameters and checks of the two BatchNorm Blocks."""
 
     def _setup(self, num_features: int, num_dims: int, eps: float, momentum: float,
@@ -87,7 +87,7 @@ class _BatchNormBase:
                 f"eps={self.eps}, momentum={self.momentum}{lite})")
 
 
-class BatchNorm(_BatchNormBase, nn.Block):
+class BatchNorm(BatchNormBase, nn.Block):
     """The chapter's BatchNorm layer: ``batch_norm`` plus its parameters and state."""
 
     def __init__(self, num_features: int, num_dims: int, eps: float = 1e-5,
@@ -109,7 +109,7 @@ class BatchNorm(_BatchNormBase, nn.Block):
         return Y
 
 
-class HybridBatchNorm(_BatchNormBase, nn.HybridBlock):
+class HybridBatchNorm(BatchNormBase, nn.HybridBlock):
     """``BatchNorm`` as a HybridBlock: ``hybridize()`` compiles the same math.
 
     The compiled graph returns the new moving statistics to Python, which stores

@@ -28,9 +28,9 @@ import mxnet as mx
 from mxnet import autograd, init
 from mxnet.gluon import nn
 
-from .fast import _stop_gradient
+from .fast import stop_gradient
 from .functional import batch_norm, channel_axes, moments, moving_average
-from .layers import _BatchNormBase
+from .layers import BatchNormBase
 
 # Paper schedule (Inception v3, 32 examples a step, ~130k steps): BN for 5k
 # steps, then r_max reaches 3 at 40k and d_max 5 at 25k. Ours is one linear
@@ -61,8 +61,8 @@ def batch_renorm(X, gamma, beta, moving_mean, moving_var, eps, momentum, r_max, 
     sigma = mx.np.sqrt(moving_var + eps)
     # Constants for the backward pass: the paper's point is that gradients do
     # not try to move the moving statistics, which only the averages below do
-    r = _stop_gradient(mx.np.clip(sigma_batch / sigma, 1.0 / r_max, r_max))
-    d = _stop_gradient(mx.np.clip((mean - moving_mean) / sigma, -d_max, d_max))
+    r = stop_gradient(mx.np.clip(sigma_batch / sigma, 1.0 / r_max, r_max))
+    d = stop_gradient(mx.np.clip((mean - moving_mean) / sigma, -d_max, d_max))
     X_hat = (X - mean) / sigma_batch * r + d
     moving_mean = moving_average(moving_mean, mean, momentum)
     moving_var = moving_average(moving_var, var, momentum)
@@ -82,7 +82,7 @@ def renorm_limits(step: int, *, start: int = WARMUP_START, ramp: int = WARMUP_RA
     return 1.0 + t * (r_max - 1.0), t * d_max
 
 
-class BatchRenorm(_BatchNormBase, nn.Block):
+class BatchRenorm(BatchNormBase, nn.Block):
     """Batch renormalization layer: ``batch_renorm`` with BN's parameters and a step counter.
 
     The limits follow ``renorm_limits`` at the layer's own count of training-mode

@@ -24,7 +24,7 @@ from mxnet import autograd, np
 from mxnet.gluon import nn
 
 from .functional import batch_norm, channel_axes, moving_average
-from .layers import _BatchNormBase, check_input, warn_if_degenerate
+from .layers import BatchNormBase, check_input, warn_if_degenerate
 
 
 def split_and_load(X, ctxs, sizes=None):
@@ -107,7 +107,7 @@ def sync_batch_norm(Xs, gammas, betas, moving_means, moving_vars, eps, momentum)
     return Ys, moving_means, moving_vars
 
 
-class SyncBatchNorm(_BatchNormBase, nn.Block):
+class SyncBatchNorm(BatchNormBase, nn.Block):
     """BN on a list of shards, one per device: synchronized statistics, or per-device ones.
 
     Initialise it on the shards' contexts. Each context keeps its own moving

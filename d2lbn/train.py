@@ -11,8 +11,6 @@ import mxnet as mx
 import numpy as onp
 from mxnet import autograd, gluon, init
 
-from . import config
-
 _noted_cpu = False
 
 
@@ -104,11 +102,12 @@ def train(net, train_iter, test_iter, num_epochs: int, lr: float,
 
     Draws d2l's Animator in a notebook (``animate=None``), logs one line per epoch
     elsewhere (``quiet``: neither, nor the closing summary). ``seed`` makes CPU runs
-    repeatable; quick mode caps the epochs.
+    repeatable.
     """
     if lr <= 0:
         raise ValueError(f"lr must be positive, got {lr}")
-    num_epochs = config.epochs(num_epochs)
+    if num_epochs < 1:
+        raise ValueError(f"num_epochs must be at least 1, got {num_epochs}")
     device = device or try_gpu()
     if seed is not None:
         seed_all(seed)
@@ -153,11 +152,12 @@ def test_acc_after_steps(net, train_iter, test_iter, lr: float, checkpoints: lis
                          device: mx.Context | None = None) -> list[float]:
     """Test accuracy after each number of SGD steps in ``checkpoints`` (on an initialised net).
 
-    For the first steps of training, where per-epoch figures say nothing; quick
-    mode caps the steps.
+    For the first steps of training, where per-epoch figures say nothing.
     """
     device = device or try_gpu()
-    checkpoints = sorted({config.steps(c) for c in checkpoints})
+    checkpoints = sorted(set(checkpoints))
+    if not checkpoints or checkpoints[0] < 1:
+        raise ValueError(f"checkpoints must be positive step counts, got {checkpoints}")
     trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": lr})
     loss = gluon.loss.SoftmaxCrossEntropyLoss()
     accs = []

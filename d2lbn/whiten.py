@@ -103,11 +103,11 @@ def zca_whiten_graph(F, X, gamma, beta, moving_mean, moving_whitening, eps, mome
     # gamma scales the rows of each block: Y = diag(gamma) W (X - mean) + beta
     A = W * F.npx.reshape(gamma, (G, g, 1))
     if training:
-        Y = _affine(F, Xc, A, beta.reshape(-1), C, g, num_dims)
+        Y = affine(F, Xc, A, beta.reshape(-1), C, g, num_dims)
     else:
         # (folding the mean into the bias saves a full pass over X)
         b = beta.reshape(-1) - F.np.matmul(A, F.npx.reshape(mean, (G, g, 1))).reshape(-1)
-        Y = _affine(F, _working(F, X, num_dims), A, b, C, g, num_dims)
+        Y = affine(F, _working(F, X, num_dims), A, b, C, g, num_dims)
     return _restore(F, Y, X, num_dims), moving_mean, moving_whitening
 
 
@@ -131,16 +131,16 @@ def pit_norm_graph(F, X, gamma, beta, moving_mean, moving_var, eps, momentum, nu
         Xc, mean, var = _centred_moments(F, X, C, 1, num_dims)
         var = var.reshape(-1)
         a = c_in / F.np.sqrt(var + eps)
-        Z = _affine(F, Xc, a.reshape(C, 1, 1), F.np.zeros_like(a), C, 1, num_dims)
+        Z = affine(F, Xc, a.reshape(C, 1, 1), F.np.zeros_like(a), C, 1, num_dims)
         moving_mean = moving_average(moving_mean, F.npx.reshape_like(mean, gamma), momentum)
         moving_var = moving_average(moving_var, F.npx.reshape_like(var, gamma), momentum)
     else:
         a = c_in / F.np.sqrt(moving_var.reshape(-1) + eps)
-        Z = _affine(F, _working(F, X, num_dims), a.reshape(C, 1, 1),
+        Z = affine(F, _working(F, X, num_dims), a.reshape(C, 1, 1),
                     -a * moving_mean.reshape(-1), C, 1, num_dims)
     # (erf is the costly part: on LeNet's first layer MXNet's CPU kernel takes,
     # forward and backward, longer than the rest of this function)
-    Y = _affine(F, F.npx.erf(Z), c_out * gamma.reshape(C, 1, 1), beta.reshape(-1), C, 1,
+    Y = affine(F, F.npx.erf(Z), c_out * gamma.reshape(C, 1, 1), beta.reshape(-1), C, 1,
                 num_dims)
     return _restore(F, Y, X, num_dims), moving_mean, moving_var
 
@@ -195,7 +195,7 @@ def _centred_moments(F, X, C, g, num_dims):
     # cancel in float32 when a channel's mean is large against its spread
     # (the identity built from the data, to have its dtype)
     eye = F.np.diag(F.np.ones_like(mean)).reshape(1, C, C)
-    Xc = _affine(F, X4, eye, -mean, C, C, 4)
+    Xc = affine(F, X4, eye, -mean, C, C, 4)
     Xc3 = F.npx.reshape(Xc, (-2, -2, -1))
     if g == 1:
         sq = F.np.dot(ones_n, F.np.dot(F.np.square(Xc3), ones_l))
@@ -223,10 +223,10 @@ def _block_diag(F, B, C, g):
     return (F.np.expand_dims(B, 2) * F.np.eye(G).reshape(G, 1, G, 1)).reshape(C, C)
 
 
-def _affine(F, X, A, b, C, g, num_dims):
+def affine(F, X, A, b, C, g, num_dims):
     """``A @ x + b`` at each example and position; ``A``: the ``(G, g, g)`` diagonal blocks."""
     # The whole C x C matrix, zeros and all: oneDNN's dense 1x1 convolution beats
-    # the grouped one at the channel counts here (see fast._affine), and for 2-D
+    # the grouped one at the channel counts here (see fast.affine), and for 2-D
     # input fully_connected is one product with the bias added, forward and back
     M = _block_diag(F, A, C, g)
     if num_dims == 2:

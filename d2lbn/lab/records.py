@@ -1,4 +1,4 @@
-"""Recorded runs and the summary that ``make run`` writes to ``results/``."""
+"""Recorded runs, their tables, and the summary that ``make run`` writes to ``results/``."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from . import config
-from .train import History
+import numpy as onp
+
+from ..train import History
+from . import mode
 
 RESULTS_ENV = "D2LBN_RESULTS"
 METRICS = ("loss", "train_acc", "test_acc", "examples_per_sec")
@@ -28,10 +30,10 @@ def results_dir() -> Path:
     if os.environ.get(RESULTS_ENV):
         base = Path(os.environ[RESULTS_ENV])
     else:
-        root = Path(__file__).resolve().parent.parent
+        root = Path(__file__).resolve().parents[2]
         base = root / "results" if (root / "pyproject.toml").exists() else Path("results")
     # Quick runs never overwrite the committed full-run results
-    return base / "quick" if config.is_quick() else base
+    return base / "quick" if mode.is_quick() else base
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -48,27 +50,50 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def record(stem: str, runs: list[History]) -> Path:
-    """Save one notebook's training runs (one per seed) as ``runs/<stem>.json``."""
-    if not runs:
-        raise ValueError("record() needs at least one run")
-    first = runs[0]
-    entry = {"epochs": first.num_epochs, "lr": first.lr, "batch_size": first.batch_size,
-             "device": first.device, "seeds": [h.seed for h in runs],
-             **{m: [h.final()[m] for h in runs] for m in METRICS},
-             "runs": [dataclasses.asdict(h) for h in runs]}
+def record(stem: str, runs: list[History] | dict[str, list[History]]) -> Path:
+    """Save a notebook's runs as ``runs/<stem>.json``: one setting's runs (one per seed),
+    or several settings' by name (a sweep); final figures first, then every epoch."""
+    groups = runs if isinstance(runs, dict) else {"": runs}
+    if not groups or not all(groups.values()):
+        raise ValueError("record() needs at least one run per setting")
+    first = next(iter(groups.values()))
+    entry = {"epochs": first[0].num_epochs, "batch_size": first[0].batch_size,
+             "device": first[0].device, "seeds": [h.seed for h in first]}
+    finals = {name: {"lr": group[0].lr, **{m: [h.final()[m] for h in group] for m in METRICS}}
+              for name, group in groups.items()}
+    if isinstance(runs, dict):
+        entry["groups"] = finals
+        entry["runs"] = {name: [dataclasses.asdict(h) for h in group]
+                         for name, group in groups.items()}
+    else:
+        entry.update(finals[""])
+        entry["runs"] = [dataclasses.asdict(h) for h in runs]
     path = results_dir() / "runs" / f"{stem}.json"
     write_atomic(path, json.dumps(entry, indent=1) + "\n")
     return path
 
 
-def load(stem: str) -> list[History]:
-    """The runs a notebook recorded with ``record``; a clear error if it has not run."""
+def load(stem: str) -> list[History] | dict[str, list[History]]:
+    """The runs a notebook recorded, in the shape it gave to ``record``."""
     path = results_dir() / "runs" / f"{stem}.json"
     if not path.exists():
         raise FileNotFoundError(f"no recorded runs at {path}: run notebooks/{stem}.ipynb "
-                                "first (`make run` runs every notebook in order)")
-    return [History(**run) for run in json.loads(path.read_text())["runs"]]
+                                "first (`python -m d2lbn run` runs the notebooks it needs)")
+    runs = json.loads(path.read_text())["runs"]
+    if isinstance(runs, dict):
+        return {name: [History(**h) for h in group] for name, group in runs.items()}
+    return [History(**h) for h in runs]
+
+
+def final(groups: dict[str, list[History]], metric: str) -> dict[str, list[float]]:
+    """The last epoch's ``metric`` of every run, by name (one value per seed)."""
+    return {name: [h.final()[metric] for h in runs] for name, runs in groups.items()}
+
+
+def epoch_swing(history: History) -> float:
+    """Mean absolute change of test accuracy from one epoch to the next (0 for one epoch)."""
+    acc = onp.asarray(history.test_acc)
+    return float(onp.abs(onp.diff(acc)).mean()) if len(acc) > 1 else 0.0
 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:
@@ -114,7 +139,7 @@ def write_summary(wall_s: dict[str, float]) -> tuple[Path, Path]:
         entry = json.loads(path.read_text()) if path.exists() else {}
         entry.pop("runs", None)
         notebooks[stem] = {**entry, "wall_s": round(wall_s[stem], 1)}
-    summary = {"mode": "quick" if config.is_quick() else "full",
+    summary = {"mode": mode.name(),
                "notebooks": dict(sorted(notebooks.items()))}
     write_atomic(json_path, json.dumps(summary, indent=1) + "\n")
     write_atomic(md_path, summary_markdown(summary))

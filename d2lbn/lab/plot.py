@@ -5,7 +5,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as onp
 
-from .train import History
+from ..train import History
 
 LABELS = {"loss": "training loss", "train_acc": "train accuracy", "test_acc": "test accuracy",
           "examples_per_sec": "examples/s"}

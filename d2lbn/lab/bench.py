@@ -24,11 +24,12 @@ import numpy as onp
 from mxnet import autograd, gluon, init, np, npx
 from mxnet.gluon import nn
 
-from . import config, models
-from .fast import FastBatchNorm, _affine
-from .functional import batch_norm
-from .layers import HybridBatchNorm
-from .train import sgd_step
+from .. import models
+from ..fast import FastBatchNorm, affine
+from ..functional import batch_norm
+from ..layers import HybridBatchNorm
+from ..train import sgd_step
+from . import mode
 
 # LeNet variants: (norm for models.lenet, hybridize?)
 LENET = {
@@ -78,9 +79,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help=f"LeNet variants to run (default all: {','.join(LENET)})")
     args = p.parse_args(argv)
     # Quick mode (D2LBN_QUICK=1) is --quick, so that notebooks never branch on it
-    args.quick = args.quick or config.is_quick()
-    if config.is_quick():
-        config.announce()
+    args.quick = args.quick or mode.is_quick()
+    if mode.is_quick():
+        mode.announce()
     defaults = dict(batches=(120, 20), warmup=(10, 3), rounds=(4, 2), reps=(25, 5),
                     copy_mb=(256, 64))
     for name, (full, quick) in defaults.items():
@@ -139,7 +140,7 @@ def copy_bandwidth(megabytes: int, reps: int = 5) -> dict:
 def median_ms(fn, reps: int = 25) -> float:
     """Median milliseconds of ``fn()`` (which must wait for its result) after a warm-up call."""
     fn()
-    return statistics.median(_timed(fn) for _ in range(config.steps(reps))) * 1e3
+    return statistics.median(_timed(fn) for _ in range(mode.steps(reps))) * 1e3
 
 
 def _timed(fn) -> float:
@@ -250,7 +251,7 @@ def _conv1x1_forward(X):
     a, b = np.ones(C, ctx=X.ctx), np.zeros(C, ctx=X.ctx)
     a.attach_grad()
     b.attach_grad()
-    return lambda: _affine(mx, X, a, b, C)
+    return lambda: affine(mx, X, a, b, C)
 
 
 def bench_ops(args, ctx: mx.Context, copy_gbps: float, log=print) -> list[dict]:

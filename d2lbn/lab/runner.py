@@ -1,0 +1,265 @@
+"""Execute, strip and check the notebooks: what ``make run`` and the tests use.
+
+``run_all`` executes notebooks concurrently, each kernel single-threaded and
+holding one token of the run's jobserver (see ``parallel``), in an order that
+runs a notebook after those whose records it loads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import re
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import nbformat
+
+from . import mode
+from .parallel import JOBS_ENV, JOBSERVER_ENV, JobServer
+from .records import RESULTS_ENV, results_dir, write_atomic, write_summary
+
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
+# Cell metadata that changes from run to run and means nothing to a reader
+VOLATILE = ("execution", "collapsed", "scrolled", "ExecuteTime")
+# lab.load("02_lenet_batch_norm_scratch"): the notebook reads another one's records
+LOADS = re.compile(r"""\blab\.load\(\s*["'](\d\d_\w+)["']""")
+PROGRESS_EVERY_S = 300
+
+
+def notebooks() -> list[Path]:
+    """The companion's notebooks, in reading order."""
+    return sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+
+
+def resolve(names: list[str]) -> list[Path]:
+    """Notebook paths from paths or names (``02``, ``02_lenet...``); an error names the unknown."""
+    known, found, unknown = notebooks(), [], []
+    for name in names:
+        path = Path(name)
+        if path.suffix == ".ipynb" and path.exists():
+            found.append(path.resolve())
+            continue
+        match = [p for p in known if p.stem == path.stem or p.name.startswith(f"{path.stem}_")]
+        (found.append(match[0]) if len(match) == 1 else unknown.append(name))
+    if unknown:
+        raise ValueError(f"no such notebook: {', '.join(unknown)} (in {NOTEBOOKS}: "
+                         f"{', '.join(p.stem[:2] for p in known)})")
+    return found
+
+
+def strip(nb) -> None:
+    """Remove volatile metadata in place; outputs and execution counts stay (nbval needs them)."""
+    for cell in nb.cells:
+        for key in VOLATILE:
+            cell.metadata.pop(key, None)
+    nb.metadata.pop("widgets", None)
+    nb.metadata.get("language_info", {}).pop("version", None)
+
+
+def code_digest(nb) -> str:
+    """SHA-1 of the code cells' sources: tells whether code changed after a run."""
+    code = "\0".join(c.source for c in nb.cells if c.cell_type == "code")
+    return hashlib.sha1(code.encode()).hexdigest()
+
+
+def stamp(nb) -> None:
+    """Mark a notebook as executed in this mode with its current code."""
+    nb.metadata["d2lbn"] = {"mode": mode.name(), "code_sha1": code_digest(nb)}
+
+
+def problems(nb) -> list[str]:
+    """What keeps a notebook from being committed: no full run, stale code, errors, counts
+    other than those of one top-to-bottom run."""
+    run = nb.metadata.get("d2lbn", {})
+    found = []
+    if not run:
+        found.append("not executed by `make run` (no run stamp)")
+    elif run.get("mode") != "full":
+        found.append(f"outputs come from a {run.get('mode')} run, not a full one")
+    elif run.get("code_sha1") != code_digest(nb):
+        found.append("code cells changed since the last run")
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    for count, cell in enumerate(code, 1):
+        if cell.execution_count != count:
+            found.append(f"code cell {count}: execution count {cell.execution_count}, "
+                         f"not {count} as in one top-to-bottom run")
+        for out in cell.outputs:
+            if out.output_type == "error":
+                found.append(f"code cell {count}: error {out.ename}: {out.evalue}")
+    return found
+
+
+def loads(path: Path) -> set[str]:
+    """The notebooks (stems) whose records ``path`` loads."""
+    nb = nbformat.read(path, as_version=4)
+    return {m for c in nb.cells if c.cell_type == "code" for m in LOADS.findall(c.source)}
+
+
+def recorded_wall_s() -> dict[str, float]:
+    """Each notebook's wall time in the last full run (``results/summary.json``)."""
+    path = results_dir() / "summary.json"
+    if not path.exists():
+        return {}
+    return {k: v["wall_s"] for k, v in json.loads(path.read_text())["notebooks"].items()}
+
+
+def schedule(paths: list[Path], wall: dict[str, float]) -> list[Path]:
+    """Longest chain of dependent notebooks first, so that the run ends soonest."""
+    stems = {p.stem for p in paths}
+    deps = {p.stem: loads(p) & stems for p in paths}
+    default = statistics.median(wall.values()) if wall else 60.0
+
+    def chain(stem: str) -> float:
+        after = [s for s in stems if stem in deps[s]]
+        return wall.get(stem, default) + max((chain(s) for s in after), default=0.0)
+
+    return sorted(paths, key=lambda p: -chain(p.stem))
+
+
+def estimate_left(running: dict[str, float], pending: list[str], wall: dict[str, float],
+                  jobs: int) -> float:
+    """Seconds left, from recorded wall times: the pending notebooks greedily on ``jobs`` slots.
+
+    ``running`` maps each running notebook to its seconds so far.
+    """
+    default = statistics.median(wall.values()) if wall else 60.0
+    slots = sorted(max(wall.get(s, default) - t, 0.0) for s, t in running.items())
+    slots += [0.0] * max(jobs - len(slots), 0)
+    for stem in pending:
+        slots.sort()
+        slots[0] += wall.get(stem, default)
+    return max(slots, default=0.0)
+
+
+async def execute_async(path: Path, timeout: int = 7200):
+    """Run a notebook top to bottom in its folder; return it and its wall time."""
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}})
+    tic = time.perf_counter()
+    try:
+        await client.async_execute()
+    except BaseException as err:
+        err.nb = nb  # the partly executed notebook, for the caller to keep
+        raise
+    return nb, time.perf_counter() - tic
+
+
+def execute(path: Path, timeout: int = 7200):
+    """``execute_async``, waited for."""
+    return asyncio.run(execute_async(path, timeout))
+
+
+def run_all(paths: list[Path] | None = None, jobs: int | None = None) -> dict[str, float]:
+    """Execute notebooks, ``jobs`` processes at a time; replace them and ``results/`` only
+    if every one ran cleanly.
+
+    Runs go to a staging folder first (seeded with the recorded runs, which later
+    notebooks read), so a failure leaves the committed notebooks and results as
+    they were; the executed copies and partial runs stay in the staging folder.
+    """
+    jobs = jobs or int(os.environ.get(JOBS_ENV) or 0) or os.cpu_count() or 1
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
+    paths = paths or notebooks()
+    final = results_dir()
+    staging = Path(tempfile.mkdtemp(prefix="run-", dir=_mkdir(final / ".tmp")))
+    if (final / "runs").exists():
+        shutil.copytree(final / "runs", staging / "runs")
+    server = JobServer.create(str(staging / "jobserver"), jobs)
+    env = {RESULTS_ENV: str(staging), JOBSERVER_ENV: server.path, JOBS_ENV: str(jobs),
+           "OMP_NUM_THREADS": "1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # kernels inherit it: their records land in staging
+    try:
+        executed, wall = asyncio.run(_run(paths, jobs, server, staging))
+    finally:
+        server.close()
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    for path, nb in executed.items():
+        write_atomic(path, nbformat.writes(nb) + "\n")
+    for record in (staging / "runs").glob("*.json"):
+        write_atomic(final / "runs" / record.name, record.read_text())
+    shutil.rmtree(staging)
+    json_path, md_path = write_summary(wall)
+    print(f"[d2lbn] wrote {json_path} and {md_path}")
+    return wall
+
+
+async def _run(paths, jobs, server, staging):
+    recorded = recorded_wall_s()
+    order = schedule(paths, recorded)
+    deps = {p.stem: loads(p) & {q.stem for q in paths} for p in paths}
+    executed, wall, started, failed = {}, {}, {}, []
+    finished = asyncio.Event()
+    t0 = time.perf_counter()
+
+    def progress(event: str) -> None:
+        now = time.perf_counter()
+        running = {s: now - t for s, t in started.items() if s not in wall}
+        pending = [p.stem for p in order if p.stem not in started]
+        left = estimate_left(running, pending, recorded, jobs)
+        print(f"[d2lbn] {event} | {len(wall)}/{len(paths)} done, running "
+              f"{', '.join(s[:2] for s in running) or 'none'}, about {left / 60:.0f} min left "
+              f"({(now - t0) / 60:.0f} min so far)", flush=True)
+
+    async def one(path: Path) -> None:
+        while not all(d in wall for d in deps[path.stem]) or not server.try_acquire():
+            if failed:
+                return
+            await asyncio.sleep(0.2)
+        if failed:
+            server.release()
+            return
+        started[path.stem] = time.perf_counter()
+        progress(f"started {path.name}")
+        try:
+            nb, seconds = await execute_async(path)
+            strip(nb)
+            stamp(nb)
+            trouble = [p for p in problems(nb) if "quick run" not in p]
+            if trouble:
+                raise RuntimeError(f"ran but is not clean: {trouble}")
+            nbformat.write(nb, staging / path.name)
+            executed[path], wall[path.stem] = nb, seconds
+            progress(f"finished {path.name} in {seconds:.0f} s")
+        except Exception as err:
+            nb = getattr(err, "nb", None)
+            if nb is not None:
+                nbformat.write(nb, staging / path.name)
+            failed.append(f"{path.name} ({type(err).__name__}: {str(err)[:200]})")
+            print(f"[d2lbn] {path.name} FAILED; finishing the running notebooks", flush=True)
+        finally:
+            server.release()
+
+    async def heartbeat() -> None:
+        while not finished.is_set():
+            try:
+                await asyncio.wait_for(finished.wait(), PROGRESS_EVERY_S)
+            except asyncio.TimeoutError:
+                progress("still running")
+
+    beat = asyncio.ensure_future(heartbeat())
+    try:
+        await asyncio.gather(*(one(p) for p in order))
+    finally:
+        finished.set()
+        await beat
+    if failed:
+        raise RuntimeError(f"failed: {'; '.join(failed)}. Nothing was replaced; executed "
+                           f"copies and partial runs are in {staging}")
+    return executed, wall
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
