@@ -145,12 +145,20 @@ def _next_result(done, workers):
         try:
             return done.get(timeout=1.0)
         except queue.Empty:
-            dead = [w.exitcode for w in workers if w.exitcode not in (None, 0)]
-            if dead:
-                raise RuntimeError(f"a worker process died (exit code {dead[0]})") from None
+            codes = [w.exitcode for w in workers]
+            dead = [c for c in codes if c not in (None, 0)]
+            if dead or None not in codes:
+                raise RuntimeError(f"worker processes ended without their results (exit codes "
+                                   f"{codes})") from None
 
 
 def _worker(tasks, todo, done) -> None:
+    # A child of a Jupyter kernel shares the kernel's ZeroMQ state: it must neither
+    # print through the kernel's streams nor run its signal handlers, and it leaves
+    # with os._exit, past multiprocessing's flush of those streams
+    sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
     server = JobServer.from_env()
     while (i := todo.get()) is not None:
@@ -163,7 +171,11 @@ def _worker(tasks, todo, done) -> None:
         finally:
             if server:
                 server.release()
+    done.close()
+    done.join_thread()  # the results are written by a thread that os._exit would cut short
     sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _die_with_parent() -> None:

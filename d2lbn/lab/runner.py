@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import tempfile
 import time
@@ -171,6 +172,7 @@ def run_all(paths: list[Path] | None = None, jobs: int | None = None) -> dict[st
         raise ValueError(f"jobs must be at least 1, got {jobs}")
     paths = paths or notebooks()
     final = results_dir()
+    recorded = recorded_wall_s()
     staging = Path(tempfile.mkdtemp(prefix="run-", dir=_mkdir(final / ".tmp")))
     if (final / "runs").exists():
         shutil.copytree(final / "runs", staging / "runs")
@@ -180,7 +182,7 @@ def run_all(paths: list[Path] | None = None, jobs: int | None = None) -> dict[st
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # kernels inherit it: their records land in staging
     try:
-        executed, wall = asyncio.run(_run(paths, jobs, server, staging))
+        executed, wall = asyncio.run(_run(paths, jobs, server, staging, recorded))
     finally:
         server.close()
         for k, v in saved.items():
@@ -195,8 +197,12 @@ def run_all(paths: list[Path] | None = None, jobs: int | None = None) -> dict[st
     return wall
 
 
-async def _run(paths, jobs, server, staging):
-    recorded = recorded_wall_s()
+async def _run(paths, jobs, server, staging, recorded):
+    # Ctrl-C (or SIGTERM) cancels every notebook, and nbclient then shuts its kernel down
+    main = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, main.cancel)
     order = schedule(paths, recorded)
     deps = {p.stem: loads(p) & {q.stem for q in paths} for p in paths}
     executed, wall, started, failed = {}, {}, {}, []
@@ -229,13 +235,13 @@ async def _run(paths, jobs, server, staging):
             trouble = [p for p in problems(nb) if "quick run" not in p]
             if trouble:
                 raise RuntimeError(f"ran but is not clean: {trouble}")
-            nbformat.write(nb, staging / path.name)
+            nbformat.write(nb, str(staging / path.name))
             executed[path], wall[path.stem] = nb, seconds
             progress(f"finished {path.name} in {seconds:.0f} s")
         except Exception as err:
             nb = getattr(err, "nb", None)
             if nb is not None:
-                nbformat.write(nb, staging / path.name)
+                nbformat.write(nb, str(staging / path.name))
             failed.append(f"{path.name} ({type(err).__name__}: {str(err)[:200]})")
             print(f"[d2lbn] {path.name} FAILED; finishing the running notebooks", flush=True)
         finally:
@@ -249,8 +255,15 @@ async def _run(paths, jobs, server, staging):
                 progress("still running")
 
     beat = asyncio.ensure_future(heartbeat())
+    tasks = [asyncio.ensure_future(one(p)) for p in order]
     try:
-        await asyncio.gather(*(one(p) for p in order))
+        await asyncio.gather(*tasks)
+    except asyncio.CancelledError:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise KeyboardInterrupt(f"stopped; every kernel was shut down. Nothing was replaced; "
+                                f"executed copies and partial runs are in {staging}") from None
     finally:
         finished.set()
         await beat
