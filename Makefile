@@ -5,30 +5,30 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 READY  := $(VENV)/.ready
-# nbval runs on copies with execution counts put back (it refuses outputs without
-# them; the committed notebooks are stripped), in quick mode
-NBVAL_DIR := .nbval
-COPY_NBS := $(PY) -c "from d2lbn.notebooks import numbered_copies; numbered_copies('$(NBVAL_DIR)')"
-NBVAL_CMD := D2LBN_QUICK=1 $(PY) -m pytest $(NBVAL_DIR) --nbval --nbval-current-env -q
+# One MXNet process uses about one core: processes in parallel, each single-threaded
+JOBS   ?= $(shell nproc 2>/dev/null || echo 2)
+export OMP_NUM_THREADS = 1
+# nbval on the committed notebooks, in quick mode, a notebook's cells on one worker
+# (conftest.py groups a notebook with the one whose records it loads)
+NBVAL_CMD := D2LBN_QUICK=1 D2LBN_JOBS=1 $(PY) -m pytest notebooks --nbval --nbval-current-env \
+	-n $(JOBS) --dist loadgroup -q
 
 .PHONY: help run test unit nbval lint data bench venv clean-venv
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
 
-run: $(READY) data  ## execute every notebook (full mode), write results/summary.{json,md}
-	$(PY) -m d2lbn run
+run: $(READY) data  ## execute every notebook (full mode, JOBS at once), write results/
+	$(PY) -m d2lbn run --jobs $(JOBS)
 
 test: $(READY) data lint  ## unit tests, then every notebook under nbval in quick mode
-	$(PY) -m pytest tests -q
-	$(COPY_NBS)
+	$(PY) -m pytest tests -q -n $(JOBS)
 	$(NBVAL_CMD)
 
 unit: $(READY)  ## unit tests only
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q -n $(JOBS)
 
 nbval: $(READY) data  ## the notebooks under nbval in quick mode only
-	$(COPY_NBS)
 	$(NBVAL_CMD)
 
 lint: $(READY)  ## ruff over the package, tests and notebooks

@@ -3,9 +3,9 @@
 import mxnet as mx
 import numpy as onp
 import pytest
+from helpers import batch, train_steps
 from mxnet import autograd, np
 from mxnet.gluon import nn
-from test_layers import batch, train_steps
 
 from d2lbn import bnstats, models
 

@@ -15,7 +15,7 @@ import numpy as onp
 import pytest
 
 import d2lbn.data as data
-from d2lbn import config
+from d2lbn.lab import mode
 
 N_TRAIN, N_TEST = 32, 16
 
@@ -61,7 +61,7 @@ SPEC = data.Spec(train=N_TRAIN, test=N_TEST)  # the small sets, checksums not ch
 def isolated(tmp_path, monkeypatch):
     """No real data, no network, no quick mode, and a fresh parse cache in every test."""
     monkeypatch.delenv(data.DATA_ENV, raising=False)
-    monkeypatch.delenv(config.QUICK_ENV, raising=False)
+    monkeypatch.delenv(mode.QUICK_ENV, raising=False)
     monkeypatch.setenv("MXNET_HOME", str(tmp_path / "mxnet"))
     monkeypatch.setattr(data, "SYSTEM_DIRS", (tmp_path / "sys1", tmp_path / "sys2"))
 
@@ -134,16 +134,26 @@ def test_bad_arguments(kwargs):
         data.load_data_fashion_mnist(**kwargs)
 
 
-def test_quick_mode_slices(tmp_path, monkeypatch, capsys):
+def test_quick_mode_slices_in_the_lab_only(tmp_path, monkeypatch, capsys):
     raw, spec = make_set(tmp_path)
-    monkeypatch.setenv(config.QUICK_ENV, "1")
-    monkeypatch.setattr(config, "QUICK_TRAIN", 10)
-    monkeypatch.setattr(config, "QUICK_TEST", 4)
-    monkeypatch.setattr(config, "_announced", False)
+    monkeypatch.setenv(mode.QUICK_ENV, "1")
+    monkeypatch.setattr(mode, "QUICK_TRAIN", 10)
+    monkeypatch.setattr(mode, "QUICK_TEST", 4)
+    monkeypatch.setattr(mode, "_announced", False)
     train_iter, test_iter = data.load_data_fashion_mnist(3, root=tmp_path, spec=spec)
+    assert len(epoch(train_iter)[1]) == len(raw["train"][1]) > 10  # the library ignores the mode
+    train_iter, test_iter = mode.load_data(3, root=tmp_path, spec=spec)
     assert len(epoch(train_iter)[1]) == 10
     onp.testing.assert_array_equal(epoch(test_iter)[1], raw["test"][1][:4])
     assert "quick mode" in capsys.readouterr().out
+    train_iter, _ = mode.load_data(3, num_train=6, root=tmp_path, spec=spec)
+    assert len(epoch(train_iter)[1]) == 6
+
+
+def test_num_test_keeps_the_first_test_examples(tmp_path):
+    raw, spec = make_set(tmp_path)
+    _, test_iter = data.load_data_fashion_mnist(3, root=tmp_path, spec=spec, num_test=5)
+    onp.testing.assert_array_equal(epoch(test_iter)[1], raw["test"][1][:5])
 
 
 def test_text_labels():

@@ -2,6 +2,7 @@
 
 import numpy as onp
 import pytest
+from helpers import EPS, MOMENTUM, NAMES, TOL, numpy_batch_norm, ours, random_inputs
 from mxnet import autograd, np, npx
 
 import d2lbn
@@ -11,34 +12,6 @@ from d2lbn.functional import channel_axes, moving_average
 SHAPES = [(8, 5), (6, 4, 7), (4, 3, 5, 6), (3, 2, 3, 4, 5), (5, 20, 3, 3)]
 # The book's readable function and the fast one share one contract
 IMPLS = [d2lbn.batch_norm, batch_norm_fast]
-EPS, MOMENTUM = 1e-5, 0.9
-TOL = dict(rtol=1e-4, atol=1e-4)
-
-
-def param_shape(shape):
-    return (1, shape[1]) + (1,) * (len(shape) - 2)
-
-
-def random_inputs(shape, seed=None):
-    """Input with per-channel offset and scale, and non-trivial parameters."""
-    rng = onp.random.default_rng(len(shape) if seed is None else seed)
-    X = rng.normal(1.5, 2.0, size=shape) * rng.uniform(0.5, 3, size=param_shape(shape))
-    gamma = rng.uniform(0.5, 2.0, size=param_shape(shape))
-    beta = rng.normal(size=param_shape(shape))
-    mean = rng.normal(size=param_shape(shape))
-    var = rng.uniform(0.5, 2.0, size=param_shape(shape))
-    head = rng.normal(size=shape)  # upstream gradient, so that dX is not trivially 0
-    return [np.array(a, dtype="float32") for a in (X, gamma, beta, mean, var, head)]
-
-
-def ours(X, gamma, beta, mean, var, head, training=True, fn=d2lbn.batch_norm):
-    X, gamma, beta = X.copy(), gamma.copy(), beta.copy()
-    for a in (X, gamma, beta):
-        a.attach_grad()
-    with autograd.record(train_mode=training):
-        Y, new_mean, new_var = fn(X, gamma, beta, mean, var, EPS, MOMENTUM)
-    Y.backward(head)
-    return Y, X.grad, gamma.grad, beta.grad, new_mean, new_var
 
 
 def reference(X, gamma, beta, mean, var, head, training=True):
@@ -54,9 +27,6 @@ def reference(X, gamma, beta, mean, var, head, training=True):
     Y.backward(head)
     shape = gamma.shape
     return Y, X.grad, gamma.grad, beta.grad, mean.reshape(shape), var.reshape(shape)
-
-
-NAMES = ["Y", "dX", "dgamma", "dbeta", "moving_mean", "moving_var"]
 
 
 @pytest.mark.parametrize("fn", IMPLS, ids=lambda f: f.__name__)
@@ -78,25 +48,6 @@ def test_prediction_matches_global_stats(shape):
     onp.testing.assert_array_equal(got[4].asnumpy(), inputs[3].asnumpy())
     for name, g, w in zip(NAMES, got, want):
         onp.testing.assert_allclose(g.asnumpy(), w.asnumpy(), **TOL, err_msg=name)
-
-
-def numpy_batch_norm(X, gamma, beta, mean, var, head):
-    """Float64 forward and the textbook backward of BN in training mode."""
-    axes = channel_axes(X.ndim)
-    m = X.size // X.shape[1]
-    mu = X.mean(axis=axes, keepdims=True)
-    sigma2 = X.var(axis=axes, keepdims=True)
-    inv = 1.0 / onp.sqrt(sigma2 + EPS)
-    X_hat = (X - mu) * inv
-    Y = gamma * X_hat + beta
-    dX_hat = head * gamma
-    dX = inv / m * (m * dX_hat - dX_hat.sum(axis=axes, keepdims=True)
-                    - X_hat * (dX_hat * X_hat).sum(axis=axes, keepdims=True))
-    dgamma = (head * X_hat).sum(axis=axes, keepdims=True)
-    dbeta = head.sum(axis=axes, keepdims=True)
-    new_mean = MOMENTUM * mean + (1 - MOMENTUM) * mu
-    new_var = MOMENTUM * var + (1 - MOMENTUM) * sigma2
-    return Y, dX, dgamma, dbeta, new_mean, new_var
 
 
 def test_float64_numpy_reference():

@@ -5,25 +5,14 @@ import warnings
 import mxnet as mx
 import numpy as onp
 import pytest
-from mxnet import autograd, gluon, np
+from helpers import batch, check_hybridized_equals_imperative, step, train_steps
+from mxnet import autograd, np
 from mxnet.gluon import nn
 
 import d2lbn
-from d2lbn import models, train
+from d2lbn import models
 from d2lbn.fast import FastBatchNorm
 from d2lbn.whiten import PITNorm, Whitening
-
-
-def batch(shape, seed=0):
-    return np.array(onp.random.default_rng(seed).normal(2, 3, size=shape), dtype="float32")
-
-
-def step(layer, X, head):
-    """One recorded forward and backward; return output and gradients."""
-    with autograd.record():
-        Y = layer(X)
-    Y.backward(head)
-    return Y, layer.gamma.grad().copy(), layer.beta.grad().copy()
 
 
 def test_initial_state():
@@ -64,26 +53,6 @@ def test_hybridized_equals_imperative(shape, plain_cls, hybrid_cls):
     check_hybridized_equals_imperative(plain_cls, hybrid_cls, shape)
 
 
-def check_hybridized_equals_imperative(make_plain, make_hybrid, shape, steps=3, tol=1e-6,
-                                       stats=("moving_mean", "moving_var")):
-    """Training steps, then prediction, compiled and not: the same outputs, gradients, state."""
-    plain, hybrid = make_plain(shape[1], len(shape)), make_hybrid(shape[1], len(shape))
-    plain.initialize()
-    hybrid.initialize()
-    hybrid.hybridize()
-    for i in range(steps):
-        X, head = batch(shape, i), batch(shape, 10 + i)
-        for g, w in zip(step(hybrid, X, head), step(plain, X, head)):
-            onp.testing.assert_allclose(g.asnumpy(), w.asnumpy(), rtol=tol, atol=tol)
-        # switching to prediction mode and back must retrace, not reuse, the graph
-        onp.testing.assert_allclose(hybrid(X).asnumpy(), plain(X).asnumpy(), rtol=tol,
-                                    atol=tol)
-    assert hybrid._cached_op is not None  # it really ran compiled
-    for name in stats:
-        onp.testing.assert_allclose(getattr(hybrid, name).data().asnumpy(),
-                                    getattr(plain, name).data().asnumpy(), rtol=tol)
-
-
 @pytest.mark.parametrize("cls", [d2lbn.HybridBatchNorm, FastBatchNorm])
 def test_hybrid_inside_hybrid_sequential_is_refused(cls):
     net = nn.HybridSequential()
@@ -92,13 +61,6 @@ def test_hybrid_inside_hybrid_sequential_is_refused(cls):
     net.hybridize()
     with pytest.raises(TypeError, match="nn.Sequential"):
         net(batch((4, 3)))
-
-
-def train_steps(net, n=3):
-    trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.1})
-    loss = gluon.loss.SoftmaxCrossEntropyLoss()
-    for i in range(n):
-        train.sgd_step(net, trainer, loss, batch((8, 1, 28, 28), i), np.array(onp.arange(8) % 10))
 
 
 @pytest.mark.parametrize("norm", ["scratch", "hybrid", "fast"])

@@ -10,9 +10,18 @@ from functools import partial
 
 import numpy as onp
 import pytest
+from helpers import (
+    EPS,
+    MOMENTUM,
+    TOL,
+    batch,
+    check_hybridized_equals_imperative,
+    ours,
+    param_shape,
+    random_inputs,
+    step,
+)
 from mxnet import autograd, np
-from test_functional import EPS, MOMENTUM, TOL, ours, param_shape, random_inputs
-from test_layers import batch, check_hybridized_equals_imperative, step
 
 import d2lbn
 from d2lbn.fast import FastBatchNorm, batch_norm_fast

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from d2lbn import bench
+from d2lbn.lab import bench
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()

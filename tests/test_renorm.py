@@ -5,9 +5,9 @@ import math
 import mxnet as mx
 import numpy as onp
 import pytest
+from helpers import random_inputs
 from mxnet import autograd, gluon, np
 from mxnet.gluon import nn
-from test_functional import random_inputs
 
 import d2lbn
 from d2lbn import models, train

@@ -3,24 +3,10 @@
 import mxnet as mx
 import numpy as onp
 import pytest
-from mxnet import gluon
+from helpers import synthetic_iters
 
-from d2lbn import config, models, train
-
-
-def synthetic_iters(n=600, batch_size=32):
-    """Ten classes, each a bright square at its own place on a noisy 28x28 image."""
-    rng = onp.random.default_rng(0)
-    y = rng.integers(0, 10, size=n)
-    X = rng.uniform(0, 0.3, size=(n, 1, 28, 28)).astype("float32")
-    for i, label in enumerate(y):
-        r, c = divmod(int(label), 5)
-        X[i, 0, 4 + 10 * r:12 + 10 * r, 1 + 5 * c:6 + 5 * c] += 0.7
-    split = n * 5 // 6
-    train_set = gluon.data.ArrayDataset(X[:split], y[:split].astype("int32"))
-    test_set = gluon.data.ArrayDataset(X[split:], y[split:].astype("int32"))
-    return (gluon.data.DataLoader(train_set, batch_size, shuffle=True),
-            gluon.data.DataLoader(test_set, batch_size))
+from d2lbn import models, train
+from d2lbn.lab import mode
 
 
 @pytest.mark.parametrize("norm", ["scratch", "gluon"])
@@ -42,13 +28,12 @@ def test_other_seed_gives_other_history():
     assert a.loss != b.loss
 
 
-def test_quick_mode_caps_epochs(monkeypatch, capsys):
-    monkeypatch.setenv(config.QUICK_ENV, "1")
-    monkeypatch.setattr(config, "_announced", False)
+def test_train_runs_the_epochs_it_is_given_in_any_mode(monkeypatch, capsys):
+    monkeypatch.setenv(mode.QUICK_ENV, "1")
     train_iter, test_iter = synthetic_iters(n=120)
-    h = train.train(models.lenet(None), train_iter, test_iter, 10, 0.5, animate=False)
-    assert h.num_epochs == config.QUICK_EPOCHS == len(h.loss)
-    assert "quick mode" in capsys.readouterr().out
+    h = train.train(models.lenet(None), train_iter, test_iter, 3, 0.5, animate=False)
+    assert h.num_epochs == 3 == len(h.loss) > mode.QUICK_EPOCHS
+    assert "quick mode" not in capsys.readouterr().out
 
 
 def test_evaluate_accuracy_of_perfect_and_constant_nets():
@@ -69,15 +54,17 @@ def test_bad_arguments():
         train.train(models.lenet(), train_iter, test_iter, 0, 1.0)
 
 
-def test_acc_after_steps_improves_and_honours_quick_mode(monkeypatch):
+def test_acc_after_steps_improves_at_each_checkpoint(monkeypatch):
     train_iter, test_iter = synthetic_iters()
     train.seed_all(0)
     net = models.lenet("gluon")
     net.initialize(mx.init.Xavier())
     accs = train.test_acc_after_steps(net, train_iter, test_iter, 1.0, [1, 40])
     assert len(accs) == 2 and accs[1] > 0.9 > accs[0]  # 40 steps cycle over the 16 batches
-    monkeypatch.setenv(config.QUICK_ENV, "1")
-    assert len(train.test_acc_after_steps(net, train_iter, test_iter, 1.0, [4, 30, 40])) == 2
+    monkeypatch.setenv(mode.QUICK_ENV, "1")
+    assert len(train.test_acc_after_steps(net, train_iter, test_iter, 1.0, [4, 30, 40])) == 3
+    with pytest.raises(ValueError, match="checkpoints"):
+        train.test_acc_after_steps(net, train_iter, test_iter, 1.0, [0, 4])
 
 
 def test_step_batches_cycles_and_stops():

@@ -6,9 +6,9 @@ import warnings
 import mxnet as mx
 import numpy as onp
 import pytest
+from helpers import batch, check_hybridized_equals_imperative, train_steps
 from mxnet import autograd, np, npx
 from mxnet.gluon import nn
-from test_layers import batch, check_hybridized_equals_imperative, train_steps
 
 from d2lbn import models
 from d2lbn.whiten import (

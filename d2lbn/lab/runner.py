@@ -242,8 +242,11 @@ async def _run(paths, jobs, server, staging, recorded):
             nb = getattr(err, "nb", None)
             if nb is not None:
                 nbformat.write(nb, str(staging / path.name))
-            failed.append(f"{path.name} ({type(err).__name__}: {str(err)[:200]})")
-            print(f"[d2lbn] {path.name} FAILED; finishing the running notebooks", flush=True)
+            # nbclient's CellExecutionError carries the cell's exception name and value
+            what = f"{getattr(err, 'ename', type(err).__name__)}: {getattr(err, 'evalue', err)}"
+            failed.append(f"{path.name} ({what})")
+            print(f"[d2lbn] {path.name} FAILED ({what}); finishing the running notebooks",
+                  flush=True)
         finally:
             server.release()
 

@@ -1,0 +1,39 @@
+"""Every figure in a notebook's prose is printed by one of its cells."""
+
+import nbformat
+import pytest
+
+from d2lbn.lab import prose, runner
+
+
+def notebook(markdown: str, *outputs: str, code: str = "x = 1"):
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell(code)
+    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=t) for t in outputs]
+    nb.cells = [cell, nbformat.v4.new_markdown_cell(markdown)]
+    return nb
+
+
+def test_figures_in_prose_but_not_in_math_code_links_or_versions():
+    text = ("Test accuracy 0.847 ± 0.022, 8.4× faster, from −2.72 to 0.72; $\\epsilon = 0.001$, "
+            "`lr=0.5`, [d2l](https://d2l.ai/v1.0.3), mxnet 1.9.1, 3 seeds, 1.2e-05.")
+    assert prose.prose_figures(text) == ["0.847", "0.022", "8.4", "2.72", "0.72", "1.2e-05"]
+
+
+def test_a_figure_is_shown_at_the_precision_written():
+    numbers = prose.printed_numbers(notebook("", "acc 0.84749 | ratio 8.42x | -2.7235"))
+    assert prose.shown("0.847", numbers) and prose.shown("0.85", numbers)
+    assert prose.shown("8.4", numbers) and prose.shown("2.72", numbers)
+    assert not prose.shown("0.848", numbers) and not prose.shown("8.5", numbers)
+
+
+def test_a_stale_number_is_caught():
+    fresh = notebook("Test accuracy 0.847 at lr 0.01.", "test acc 0.847\n", code="lr = 0.01")
+    assert prose.unprinted(fresh) == []
+    stale = notebook("Test accuracy 0.816 at lr 0.01.", "test acc 0.847\n", code="lr = 0.01")
+    assert prose.unprinted(stale) == ["cell 1: 0.816"]
+
+
+@pytest.mark.parametrize("path", runner.notebooks(), ids=lambda p: p.stem[:2])
+def test_committed_prose_shows_only_printed_figures(path):
+    assert prose.unprinted(nbformat.read(path, as_version=4)) == []

@@ -1,0 +1,107 @@
+"""Recorded runs (one setting or a sweep), their tables, the summary files and the plots."""
+
+import json
+
+import pytest
+
+from d2lbn.lab import mode, plot, records
+from d2lbn.train import History
+
+
+def history(seed, acc):
+    return History(lr=1.0, batch_size=256, num_epochs=2, seed=seed, device="cpu(0)",
+                   loss=[0.9, 0.5], train_acc=[0.6, acc], test_acc=[0.5, acc - 0.1],
+                   examples_per_sec=[1000.0, 1200.0], wall_s=3.0)
+
+
+@pytest.fixture
+def out(tmp_path, monkeypatch):
+    monkeypatch.setenv(records.RESULTS_ENV, str(tmp_path))
+    return tmp_path
+
+
+def test_record_load_and_summary(out):
+    runs = [history(0, 0.8), history(1, 0.9)]
+    records.record("02_x", runs)
+    assert records.load("02_x") == runs
+    json_path, md_path = records.write_summary({"02_x": 12.34, "01_y": 5.0})
+    entry = json.loads(json_path.read_text())["notebooks"]["02_x"]
+    assert entry["seeds"] == [0, 1] and entry["train_acc"] == [0.8, 0.9]
+    assert entry["wall_s"] == 12.3 and entry["epochs"] == 2 and entry["device"] == "cpu(0)"
+    assert "runs" not in entry
+    md = md_path.read_text()
+    assert "| `02_x` | 12 s | 0, 1 | 2 | 1 | 256 | cpu(0) |" in md
+    assert "0.850 ± 0.071" in md  # train acc over the two seeds
+    assert "| `01_y` | 5 s |" in md
+
+
+def test_quick_mode_writes_elsewhere(out, monkeypatch):
+    monkeypatch.setenv(mode.QUICK_ENV, "1")
+    assert records.results_dir() == out / "quick"
+
+
+def test_load_missing_names_the_notebook(out):
+    with pytest.raises(FileNotFoundError, match="notebooks/02_x.ipynb"):
+        records.load("02_x")
+
+
+def test_compare_table():
+    table = records.compare({"ours": [history(0, 0.8), history(1, 0.9)]},
+                            book={"book": records.BOOK["02_lenet_batch_norm_scratch"]})
+    assert table.loc["ours", "train_acc"] == "0.850 ± 0.071"
+    assert table.loc["book", "test_acc"] == "0.816"
+    assert table.loc["ours", "seeds"] == 2
+
+
+def test_write_atomic_keeps_old_file_on_failure(tmp_path):
+    path = tmp_path / "a.txt"
+    records.write_atomic(path, "old")
+
+    with pytest.raises(TypeError):
+        records.write_atomic(path, None)  # fails mid-write
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_plots_draw():
+    fig = plot.curves({"a": [history(0, 0.8)], "b": [history(1, 0.9)]})
+    assert len(fig.axes) == 2 and len(fig.axes[0].lines) == 2
+    fig = plot.lines([1, 2], {"a": [[0.1, 0.2], [0.3, 0.4]]}, "x", "y", logx=True)
+    assert len(fig.axes[0].lines) == 2 and fig.axes[0].get_xscale() == "log"
+    fig = plot.barh({"a": 1.0, "b": 2.0}, "ms", log=True)
+    assert len(fig.axes[0].patches) == 2
+    runs = {"a": [[1.0, 2.0]], "b": [[3.0, 4.0], [5.0, 6.0]]}
+    fig = plot.panels([0, 10], {"m1": runs, "m2": runs, "m3": runs, "m4": runs}, "step",
+                      logy=("m2",))
+    assert len(fig.axes) == 6 and [len(ax.lines) for ax in fig.axes[:4]] == [3] * 4
+    assert fig.axes[1].get_yscale() == "log" and not fig.axes[5].axison
+
+
+def test_record_groups_and_summary(out):
+    groups = {"a": [history(s, 0.6) for s in (0, 1)],
+              "b": [History(**{**history(s, 0.9).__dict__, "lr": 3.0}) for s in (0, 1)]}
+    path = records.record("06_sweep", groups)
+    entry = json.loads(path.read_text())
+    assert entry["seeds"] == [0, 1] and entry["epochs"] == 2
+    assert entry["groups"]["b"] == {"lr": 3.0, "loss": [0.5, 0.5], "train_acc": [0.9, 0.9],
+                                    "test_acc": pytest.approx([0.8, 0.8]),
+                                    "examples_per_sec": [1200.0, 1200.0]}
+    assert entry["runs"]["a"][1]["test_acc"] == pytest.approx([0.5, 0.5])
+    assert records.load("06_sweep") == groups
+    with pytest.raises(FileNotFoundError, match="notebooks/07_none.ipynb"):
+        records.load("07_none")
+    _, md_path = records.write_summary({"06_sweep": 3.0})
+    row = [line for line in md_path.read_text().splitlines() if "06_sweep" in line][0]
+    assert "| 1 to 3 |" in row and "2 settings" in row
+    with pytest.raises(ValueError):
+        records.record("x", {})
+    with pytest.raises(ValueError):
+        records.record("x", {"a": []})
+
+
+def test_final_and_epoch_swing():
+    runs = [History(**{**history(0, 0.8).__dict__, "test_acc": [0.5, 0.7, 0.6, 0.6]}),
+            history(1, 0.9)]
+    assert records.epoch_swing(runs[0]) == pytest.approx(0.1)
+    assert records.epoch_swing(History(**{**runs[0].__dict__, "test_acc": [0.8]})) == 0.0
+    assert records.final({"x": runs}, "test_acc") == {"x": [0.6, pytest.approx(0.8)]}

@@ -1,0 +1,143 @@
+"""The notebook runner: checks on committed notebooks, parallel runs, order, bad input."""
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from d2lbn.__main__ import main
+from d2lbn.lab import mode, records, runner
+
+
+@pytest.fixture
+def out(tmp_path, monkeypatch):
+    monkeypatch.setenv(records.RESULTS_ENV, str(tmp_path / "results"))
+    return tmp_path / "results"
+
+
+def make_nb(count=1, error=False, stamped=True):
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("1 + 1", execution_count=count)
+    cell.outputs = [nbformat.v4.new_output("execute_result", {"text/plain": "2"},
+                                           execution_count=count)]
+    if error:
+        cell.outputs.append(nbformat.v4.new_output("error", ename="ValueError", evalue="x",
+                                                   traceback=[]))
+    nb.cells.append(cell)
+    if stamped:
+        runner.stamp(nb)
+    return nb
+
+
+def test_notebook_problems_and_strip(monkeypatch):
+    assert runner.problems(make_nb()) == []
+    assert "execution count 3, not 1" in runner.problems(make_nb(count=3))[0]
+    assert "execution count None" in runner.problems(make_nb(count=None))[0]
+    assert "no run stamp" in runner.problems(make_nb(stamped=False))[0]
+    assert any("ValueError" in p for p in runner.problems(make_nb(error=True)))
+    edited = make_nb()
+    edited.cells.append(nbformat.v4.new_markdown_cell("prose may change"))
+    assert runner.problems(edited) == []
+    edited.cells[0].source = "1 + 2"
+    assert "changed since the last run" in runner.problems(edited)[0]
+    nb = make_nb()
+    nb.cells[0].metadata["execution"] = {"iopub.status.busy": "2026"}
+    runner.strip(nb)
+    assert "execution" not in nb.cells[0].metadata and nb.cells[0].execution_count == 1
+    monkeypatch.setenv(mode.QUICK_ENV, "1")
+    assert "quick run" in runner.problems(make_nb())[0]
+
+
+@pytest.mark.parametrize("path", runner.notebooks(), ids=lambda p: p.stem[:2])
+def test_committed_notebooks_are_clean(path):
+    assert runner.problems(nbformat.read(path, as_version=4)) == []
+
+
+def tiny_notebook(path: Path, *sources: str) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(s) for s in sources]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+def test_run_all_replaces_only_after_success(out, tmp_path):
+    good = tiny_notebook(tmp_path / "01_good.ipynb", "print(6 * 7)")
+    bad = tiny_notebook(tmp_path / "02_bad.ipynb", "raise ValueError('boom')")
+    before = good.read_text()
+    with pytest.raises(RuntimeError, match=r"02_bad.ipynb .*Nothing was replaced") as err:
+        runner.run_all([good, bad], jobs=2)
+    assert good.read_text() == before and not (out / "summary.json").exists()
+    staging = Path(str(err.value).rsplit(" ", 1)[1])
+    assert sorted(p.name for p in staging.glob("*.ipynb")) == ["01_good.ipynb", "02_bad.ipynb"]
+    runner.run_all([good], jobs=1)
+    nb = nbformat.read(good, as_version=4)
+    assert nb.cells[0].outputs[0].text == "42\n" and runner.problems(nb) == []
+    assert json.loads((out / "summary.json").read_text())["notebooks"]["01_good"]["wall_s"] >= 0
+
+
+TRAIN = """
+from mxnet import np
+from d2lbn import lab, models, train
+train.seed_all({seed})
+X, y = np.random.uniform(size=(64, 1, 28, 28)), np.random.randint(0, 10, size=(64,))
+data = [(X[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]
+runs = lab.repeat(lambda: models.lenet("gluon"), data, data, 2, 0.5, seeds=(0, 1))
+lab.record("{stem}", runs);
+"""
+
+
+def test_parallel_run_equals_sequential_and_respects_loads(out, tmp_path):
+    first = tiny_notebook(tmp_path / "01_a.ipynb", TRAIN.format(seed=0, stem="01_a"))
+    # 02 reads 01's records, so it starts only once 01 has finished
+    second = tiny_notebook(tmp_path / "02_b.ipynb", TRAIN.format(seed=1, stem="02_b"),
+                           'len(lab.load("01_a"))')
+    assert runner.loads(second) == {"01_a"}
+    figures = []
+    for jobs in (1, 2):
+        runner.run_all([first, second], jobs=jobs)
+        entries = [json.loads((out / "runs" / f"{s}.json").read_text()) for s in ("01_a", "02_b")]
+        for entry in entries:
+            for run in entry["runs"]:
+                run.pop("examples_per_sec"), run.pop("wall_s")
+            entry.pop("examples_per_sec")
+        figures.append(entries)
+    assert figures[0] == figures[1]
+    assert figures[0][0]["runs"][0]["loss"] != figures[0][1]["runs"][0]["loss"]
+    assert nbformat.read(second, as_version=4).cells[1].outputs[0].data["text/plain"] == "2"
+
+
+def test_schedule_runs_the_longest_chain_first(tmp_path):
+    a = tiny_notebook(tmp_path / "01_a.ipynb", "1")
+    b = tiny_notebook(tmp_path / "02_b.ipynb", "2")
+    c = tiny_notebook(tmp_path / "03_c.ipynb", 'lab.load("01_a")')
+    wall = {"01_a": 10.0, "02_b": 30.0, "03_c": 25.0}
+    assert [p.stem for p in runner.schedule([a, b, c], wall)] == ["01_a", "02_b", "03_c"]
+    wall["02_b"] = 40.0
+    assert [p.stem for p in runner.schedule([a, b, c], wall)][0] == "02_b"
+
+
+def test_estimate_left():
+    wall = {"a": 100.0, "b": 60.0, "c": 30.0, "d": 30.0}
+    # a has 40 s left; b takes the free slot (60 s); c follows a (40 + 30), d follows b
+    assert runner.estimate_left({"a": 60.0}, ["b", "c", "d"], wall, jobs=2) == 90.0
+    assert runner.estimate_left({}, [], wall, jobs=2) == 0.0
+
+
+def test_resolve_by_number_name_or_path():
+    first = runner.notebooks()[0]
+    assert runner.resolve(["01"]) == [first]
+    assert runner.resolve([first.stem, str(first)]) == [first, first]
+    with pytest.raises(ValueError, match="no such notebook: 99, nope"):
+        runner.resolve(["99", "nope"])
+
+
+@pytest.mark.parametrize("argv, message", [(["run", "--jobs", "0"], "--jobs must be at least 1"),
+                                           (["run", "01", "99"], "no such notebook: 99")])
+def test_cli_rejects_bad_input_before_running(argv, message, capsys, monkeypatch):
+    monkeypatch.setattr(runner, "run_all", lambda *a: pytest.fail("ran"))
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
