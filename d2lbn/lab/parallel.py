@@ -94,34 +94,40 @@ def run_all(tasks: list[Callable[[], object]], max_workers: int | None = None,
             on_result: Callable[[int, object], None] | None = None) -> list:
     """Call every task (a function of no arguments), in worker processes; results in order.
 
-    Workers are forked, so tasks may be lambdas and closures over data already
-    loaded; each task must be deterministic given its own seed, and then the
-    results equal calling the tasks one after another (tested). ``on_result(i,
-    result)`` is called as each one arrives. With one worker, or one task, the
-    tasks run in this process.
+    Tasks may be lambdas and closures over loaded data (a notebook's): cloudpickle
+    sends them, all in one pickle so that shared data travels once per worker.
+    Workers are started fresh (spawned), since a process forked from a Jupyter
+    kernel shares the kernel's ZeroMQ state. Each task must be deterministic given
+    its own seed; then the results equal calling the tasks one after another
+    (tested). ``on_result(i, result)`` is called as each one arrives. With one
+    worker, or one task, the tasks run in this process.
     """
     n = min(len(tasks), max_workers or jobs())
-    if n <= 1 or "fork" not in mp.get_all_start_methods():
+    if n <= 1:
         results = []
         for i, task in enumerate(tasks):
             results.append(task())
             if on_result:
                 on_result(i, results[-1])
         return results
-    ctx = mp.get_context("fork")
+    import cloudpickle
+
+    payload = cloudpickle.dumps(tasks)
+    ctx = mp.get_context("spawn")
     todo, done = ctx.Queue(), ctx.Queue()
     for i in range(len(tasks)):
         todo.put(i)
     for _ in range(n):
         todo.put(None)
     server = JobServer.from_env()
-    workers = [ctx.Process(target=_worker, args=(tasks, todo, done), daemon=True)
+    workers = [ctx.Process(target=_worker, args=(payload, todo, done), daemon=True)
                for _ in range(n)]
     results = [None] * len(tasks)
     try:
         with server.lent() if server else contextlib.nullcontext():
-            for w in workers:
-                w.start()
+            with _environ(OMP_NUM_THREADS="1"):  # one core per process
+                for w in workers:
+                    w.start()
             for _ in tasks:
                 i, ok, value = _next_result(done, workers)
                 if not ok:
@@ -152,14 +158,24 @@ def _next_result(done, workers):
                                    f"{codes})") from None
 
 
-def _worker(tasks, todo, done) -> None:
-    # A child of a Jupyter kernel shares the kernel's ZeroMQ state: it must neither
-    # print through the kernel's streams nor run its signal handlers, and it leaves
-    # with os._exit, past multiprocessing's flush of those streams
-    sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+@contextlib.contextmanager
+def _environ(**values):
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+def _worker(payload, todo, done) -> None:
+    import pickle
+
+    # Ctrl-C goes to the parent, which ends its workers
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
+    tasks = pickle.loads(payload)
     server = JobServer.from_env()
     while (i := todo.get()) is not None:
         if server:
@@ -172,10 +188,7 @@ def _worker(tasks, todo, done) -> None:
             if server:
                 server.release()
     done.close()
-    done.join_thread()  # the results are written by a thread that os._exit would cut short
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    done.join_thread()  # the results are written by a thread; wait for it
 
 
 def _die_with_parent() -> None:
