@@ -33,6 +33,10 @@ def test_record_load_and_summary(out):
     assert "| `02_x` | 12 s | 0, 1 | 2 | 1 | 256 | cpu(0) |" in md
     assert "0.850 ± 0.071" in md  # train acc over the two seeds
     assert "| `01_y` | 5 s |" in md
+    _, md_path = records.write_summary({}, run={"notebooks": 2, "jobs": 2, "wall_s": 600})
+    assert "all 2 notebooks took 10 min with 2 processes at a time (0 min" in md_path.read_text()
+    records.write_summary({"01_y": 6.0})  # a partial run keeps the whole run's figure
+    assert json.loads(json_path.read_text())["run"]["wall_s"] == 600
 
 
 def test_quick_mode_writes_elsewhere(out, monkeypatch):

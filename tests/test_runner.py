@@ -54,6 +54,22 @@ def test_committed_notebooks_are_clean(path):
     assert runner.problems(nbformat.read(path, as_version=4)) == []
 
 
+@pytest.mark.parametrize("path", runner.notebooks(), ids=lambda p: p.stem[:2])
+def test_nbval_ignores_an_output_only_for_a_reason(path):
+    assert runner.unexplained_ignores(nbformat.read(path, as_version=4)) == []
+
+
+def test_unexplained_ignores_are_found():
+    nb = make_nb()
+    assert runner.unexplained_ignores(nb) == []
+    nb.cells[0].metadata["tags"] = [runner.IGNORE]
+    assert runner.unexplained_ignores(nb) == [
+        f"code cell 1: ignored by nbval without one of {sorted(runner.IGNORE_REASONS)}",
+        "nbval compares no cell"]
+    nb.cells[0].metadata["tags"].append("varies-timing")
+    assert runner.unexplained_ignores(nb) == ["nbval compares no cell"]
+
+
 def tiny_notebook(path: Path, *sources: str) -> Path:
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(s) for s in sources]

@@ -126,21 +126,24 @@ def compare(groups: dict[str, list[History]], book: dict[str, dict] | None = Non
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
-def write_summary(wall_s: dict[str, float]) -> tuple[Path, Path]:
+def write_summary(wall_s: dict[str, float], run: dict | None = None) -> tuple[Path, Path]:
     """Write ``summary.json`` and ``summary.md`` from the recorded runs and wall times.
 
-    Notebooks not in ``wall_s`` keep their entries from the previous summary.
+    Notebooks not in ``wall_s`` keep their entries from the previous summary; so
+    does the whole run's figure (``run``: its wall time and processes) unless given.
     """
     out = results_dir()
     json_path, md_path = out / "summary.json", out / "summary.md"
-    notebooks = json.loads(json_path.read_text())["notebooks"] if json_path.exists() else {}
+    previous = json.loads(json_path.read_text()) if json_path.exists() else {}
+    notebooks = previous.get("notebooks", {})
     for stem in sorted(wall_s):
         path = out / "runs" / f"{stem}.json"
         entry = json.loads(path.read_text()) if path.exists() else {}
         entry.pop("runs", None)
         notebooks[stem] = {**entry, "wall_s": round(wall_s[stem], 1)}
-    summary = {"mode": mode.name(),
-               "notebooks": dict(sorted(notebooks.items()))}
+    summary = {"mode": mode.name(), "notebooks": dict(sorted(notebooks.items()))}
+    if run or "run" in previous:
+        summary["run"] = run or previous["run"]
     write_atomic(json_path, json.dumps(summary, indent=1) + "\n")
     write_atomic(md_path, summary_markdown(summary))
     return json_path, md_path
@@ -149,9 +152,15 @@ def write_summary(wall_s: dict[str, float]) -> tuple[Path, Path]:
 def summary_markdown(summary: dict) -> str:
     """The summary as a Markdown table: one row per notebook."""
     lines = [f"# Results ({summary['mode']} run)", "",
-             "Final-epoch figures, mean ± sd over seeds; wall time of the whole notebook.", "",
-             "| notebook | wall time | seeds | epochs | lr | batch | device | loss | train acc "
-             "| test acc | examples/s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "Final-epoch figures, mean ± sd over seeds; wall time of the whole notebook.", ""]
+    if "run" in summary:
+        r = summary["run"]
+        total = sum(e["wall_s"] for e in summary["notebooks"].values())
+        lines += [f"The last run of all {r['notebooks']} notebooks took {r['wall_s'] / 60:.0f} min "
+                  f"with {r['jobs']} processes at a time ({total / 60:.0f} min of notebook wall "
+                  "time in all).", ""]
+    lines += ["| notebook | wall time | seeds | epochs | lr | batch | device | loss | train acc "
+              "| test acc | examples/s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for stem, e in summary["notebooks"].items():
         cells = [f"`{stem}`", f"{e['wall_s']:.0f} s"]
         if "groups" in e:

@@ -31,6 +31,15 @@ VOLATILE = ("execution", "collapsed", "scrolled", "ExecuteTime")
 # lab.load("02_lenet_batch_norm_scratch"): the notebook reads another one's records
 LOADS = re.compile(r"""\blab\.load\(\s*["'](\d\d_\w+)["']""")
 PROGRESS_EVERY_S = 300
+# nbval compares every output but those of cells tagged IGNORE, which carry one of
+# these tags beside it to say why their output varies
+IGNORE = "nbval-ignore-output"
+IGNORE_REASONS = {
+    "varies-versions": "library versions, or the device found",
+    "varies-timing": "times and throughputs",
+    "varies-full-run": "figures of training, which quick mode shortens",
+    "varies-rounding": "float32 rounding, which differs between CPUs",
+}
 
 
 def notebooks() -> list[Path]:
@@ -93,6 +102,21 @@ def problems(nb) -> list[str]:
         for out in cell.outputs:
             if out.output_type == "error":
                 found.append(f"code cell {count}: error {out.ename}: {out.evalue}")
+    return found
+
+
+def unexplained_ignores(nb) -> list[str]:
+    """Cells whose output nbval ignores without one reason tag; or that nothing is compared."""
+    found, compared = [], 0
+    for count, cell in enumerate((c for c in nb.cells if c.cell_type == "code"), 1):
+        tags = set(cell.metadata.get("tags", []))
+        if IGNORE not in tags:
+            compared += bool(cell.outputs)
+        elif len(tags & set(IGNORE_REASONS)) != 1:
+            found.append(f"code cell {count}: ignored by nbval without one of "
+                         f"{sorted(IGNORE_REASONS)}")
+    if not compared:
+        found.append("nbval compares no cell")
     return found
 
 
@@ -170,6 +194,7 @@ def run_all(paths: list[Path] | None = None, jobs: int | None = None) -> dict[st
     jobs = jobs or int(os.environ.get(JOBS_ENV) or 0) or os.cpu_count() or 1
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
+    whole = not paths or sorted(paths) == notebooks()
     paths = paths or notebooks()
     final = results_dir()
     recorded = recorded_wall_s()
@@ -182,7 +207,9 @@ def run_all(paths: list[Path] | None = None, jobs: int | None = None) -> dict[st
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # kernels inherit it: their records land in staging
     try:
+        tic = time.perf_counter()
         executed, wall = asyncio.run(_run(paths, jobs, server, staging, recorded))
+        run = {"notebooks": len(paths), "jobs": jobs, "wall_s": round(time.perf_counter() - tic)}
     finally:
         server.close()
         for k, v in saved.items():
@@ -192,7 +219,7 @@ def run_all(paths: list[Path] | None = None, jobs: int | None = None) -> dict[st
     for record in (staging / "runs").glob("*.json"):
         write_atomic(final / "runs" / record.name, record.read_text())
     shutil.rmtree(staging)
-    json_path, md_path = write_summary(wall)
+    json_path, md_path = write_summary(wall, run if whole else None)
     print(f"[d2lbn] wrote {json_path} and {md_path}")
     return wall
 
