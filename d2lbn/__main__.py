@@ -25,6 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--num-epochs", type=int, default=10)
     tr.add_argument("--batch-size", type=int, default=256)
     tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--num-train", type=int, default=None, help="the first examples only")
+    tr.add_argument("--workers", type=int, default=1,
+                    help="worker processes, each with its shard of every batch (MXNet's "
+                         "dist_sync kvstore on 127.0.0.1); 1: this process alone")
+    tr.add_argument("--sync-bn", action="store_true",
+                    help="with --workers: BN statistics of the whole batch, not each worker's")
     args, rest = parser.parse_known_args(argv)
     if args.command == "data":
         from . import data
@@ -47,10 +53,28 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(str(err))
         runner.run_all(paths, args.jobs)
         return 0
+    if args.workers < 1:
+        parser.error(f"--workers must be at least 1, got {args.workers}")
+    if args.sync_bn and (args.workers == 1 or args.norm not in ("scratch", "hybrid", "fast")):
+        parser.error("--sync-bn needs --workers 2 or more and --norm scratch, hybrid or fast")
     from . import data, models, train
 
-    train_iter, test_iter = data.load_data_fashion_mnist(args.batch_size)
+    train_iter, test_iter = data.load_data_fashion_mnist(args.batch_size, num_train=args.num_train)
     norm = None if args.norm == "none" else args.norm
+    if args.workers > 1:
+        from . import dist
+
+        try:
+            dist.train(norm, train_iter, test_iter, args.num_epochs, args.lr,
+                       num_workers=args.workers, sync_bn=args.sync_bn, seed=args.seed,
+                       hybridize=norm != "scratch")
+        except dist.WorkerError as err:
+            print(f"python -m d2lbn train: {err}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("python -m d2lbn train: interrupted; every role stopped", file=sys.stderr)
+            return 130
+        return 0
     net = models.lenet(norm)
     train.train(net, train_iter, test_iter, args.num_epochs, args.lr, seed=args.seed,
                 animate=False, hybridize=norm != "scratch")

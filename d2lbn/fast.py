@@ -19,6 +19,11 @@ slow reduce, ``X ** 2`` is a slow power kernel. So this version
 Nothing here is a normalisation operator: convolution, fully_connected, dot,
 square and elementwise arithmetic only. Autograd derives the backward pass.
 
+Dtypes: float32 and float64, each computed in its own dtype (the constants are
+built in the input's). float16 is refused with a ``ValueError``: MXNet 1.9.1
+has no float16 matrix products on CPU (``dot``, ``fully_connected``), which
+this version is built on; the book's ``functional.batch_norm`` takes float16.
+
 Timing log, forward+backward of one BN on (256, 6, 24, 24), median ms, 2-core
 CPU (MXNet 1.9.1, oneDNN), each version hybridized unless said otherwise:
 
@@ -68,26 +73,33 @@ Two of them alone, forward and backward, already take 11.1 ms on
 from __future__ import annotations
 
 import mxnet as mx
+import numpy as onp
 from mxnet import autograd
 
-from .functional import check_normalize, moving_average
+from .functional import check_batch_norm_args, check_normalize, moving_average
 from .layers import HybridBatchNorm
+
+# float16 has no CPU kernels for the matrix products below
+DTYPES = ("float32", "float64")
 
 
 def batch_norm_fast(X, gamma, beta, moving_mean, moving_var, eps, momentum,
                     normalize="full"):
     """``batch_norm`` built from fast kernels; return ``(Y, moving_mean, moving_var)``."""
+    check_batch_norm_args(X, gamma, beta, moving_mean, moving_var, dtypes=DTYPES)
     return batch_norm_fast_graph(mx, X, gamma, beta, moving_mean, moving_var, eps, momentum,
                                  num_features=X.shape[1], spatial=tuple(X.shape[2:]),
-                                 training=autograd.is_training(), normalize=normalize)
+                                 training=autograd.is_training(), normalize=normalize,
+                                 dtype=onp.dtype(X.dtype))
 
 
 def batch_norm_fast_graph(F, X, gamma, beta, moving_mean, moving_var, eps, momentum,
-                          num_features, spatial, training, normalize="full"):
+                          num_features, spatial, training, normalize="full", dtype="float32"):
     """``batch_norm_fast`` for ``F`` = ``mx``, ``mx.nd`` or ``mx.sym``.
 
     ``spatial`` is the input's shape after the channel axis (``()`` for 2-D
-    input): the graph is built for it, the batch size stays free.
+    input) and ``dtype`` its dtype: the graph is built for them, the batch size
+    stays free.
     """
     check_normalize(normalize)
     C = num_features
@@ -114,13 +126,15 @@ def batch_norm_fast_graph(F, X, gamma, beta, moving_mean, moving_var, eps, momen
     # Centring on it before squaring keeps the float32 variance exact where
     # E[x^2] - E[x]^2 would cancel; and since the batch's variance includes the
     # spread of example means, (K - mean)^2 <= N * var: a few bits at most.
-    # (Slicing along the batch axis is safe on oneDNN's blocked layouts.)
+    # (Slicing along the batch axis is safe on oneDNN's blocked layouts; the
+    # constants are in X's dtype, as the operators here do not mix dtypes.)
     first = stop_gradient(X4[0])                                    # (C, H, W), small
-    K = F.np.dot(F.np.dot(first, F.np.ones((W,))), F.np.ones((H,))) / (H * W)
+    K = F.np.dot(F.np.dot(first, F.np.ones((W,), dtype=dtype)),
+                 F.np.ones((H,), dtype=dtype)) / (H * W)
     # Xc = X - K in one pass; the sums of Xc and Xc^2 give mean and variance
     # and carry their gradient back to X (autograd derives the backward pass)
     Xc = affine(F, X4, None, -K, C)
-    S1, S2, count = _channel_sums(F, Xc, F.np.square(Xc), hw, C)
+    S1, S2, count = _channel_sums(F, Xc, F.np.square(Xc), hw, C, dtype)
     S1, S2 = S1 / count, S2 / count
     mean, var = K + S1, S2 - F.np.square(S1)
     a = _scale(F, g, var, eps, normalize)
@@ -157,30 +171,32 @@ def affine(F, X4, a, b, C):
     # runs it faster than the grouped (num_group=C) one, forward and backward
     # (3.0 vs 3.9 ms at C=6); the wasted multiply-adds cost C times the work,
     # so with many channels (64: 407 vs 337 ms) the grouped form wins.
+    if a is None:
+        a = F.np.ones_like(b)  # (from b, to have X's dtype)
     if C <= _DENSE_MAX_CHANNELS:
-        W = F.np.eye(C) if a is None else F.np.diag(a)
-        return F.npx.convolution(X4, W.reshape(C, C, 1, 1), b, kernel=(1, 1), num_filter=C,
-                                 no_bias=False)
-    W = F.np.ones((C, 1, 1, 1)) if a is None else a.reshape(C, 1, 1, 1)
+        return F.npx.convolution(X4, F.np.diag(a).reshape(C, C, 1, 1), b, kernel=(1, 1),
+                                 num_filter=C, no_bias=False)
+    W = a.reshape(C, 1, 1, 1)
     return F.npx.convolution(X4, W, b, kernel=(1, 1), num_filter=C, num_group=C, no_bias=False)
 
 
 _DENSE_MAX_CHANNELS = 32
 
 
-def _channel_sums(F, A, B, hw, C):
-    """Per-channel sums of two (N, C, H, W) arrays and the count N*H*W, as matrix products."""
+def _channel_sums(F, A, B, hw, C, dtype):
+    """Per-channel sums of two (N, C, H, W) arrays of ``dtype`` and the count N*H*W."""
     H, W = hw
     # fully_connected (flatten=False) multiplies the last axis by a row of ones:
     # BLAS reads the array once, where a reduce kernel is slow. The ones are
     # constants of the traced shape: slicing A for them would fail on oneDNN's
     # blocked layouts (a convolution's output with 16 channels).
-    ones_w = F.np.ones((1, W))
+    ones_w = F.np.ones((1, W), dtype=dtype)
     rows = F.np.concatenate([
         F.npx.fully_connected(A, ones_w, no_bias=True, num_hidden=1, flatten=False),
         F.npx.fully_connected(B, ones_w, no_bias=True, num_hidden=1, flatten=False)],
         axis=1)                                                     # (N, 2C, H, 1), small
-    per_example = F.np.dot(F.npx.reshape(rows, (-2, -2, -2)), F.np.ones((H,)))  # (N, 2C)
+    per_example = F.np.dot(F.npx.reshape(rows, (-2, -2, -2)),
+                           F.np.ones((H,), dtype=dtype))                # (N, 2C)
     ones_n = F.np.ones_like(per_example[:, 0])                      # (N,): batch size free
     sums = F.np.dot(ones_n, per_example)                            # (2C,)
     return sums[:C], sums[C:], ones_n.sum() * (H * W)
@@ -198,8 +214,13 @@ def _batch_norm_2d(F, X, gamma, beta, moving_mean, moving_var, eps, momentum, tr
         shift = beta if normalize == "var" else beta - a * moving_mean
         return X * F.np.dot(ones, a) + F.np.dot(ones, shift), moving_mean, moving_var
     n = ones.sum()
-    mean = F.np.dot(ones.T, X) / n                               # (1, C)
-    Xc = X - F.np.dot(ones, mean)
+    # Sums of values near the first example's stay exact in float32 where sums of
+    # large values (X = 1000 + noise) lose the digits the variance needs
+    shift = stop_gradient(F.npx.reshape(X, (-2, -2))[0:1])       # (1, C)
+    Xs = X - F.np.dot(ones, shift)
+    mean_s = F.np.dot(ones.T, Xs) / n                            # (1, C)
+    mean = shift + mean_s
+    Xc = Xs - F.np.dot(ones, mean_s)
     var = F.np.dot(ones.T, F.np.square(Xc)) / n
     a = _scale(F, gamma, var, eps, normalize)
     # "var" scales X itself: var is still the spread around the mean
@@ -214,14 +235,17 @@ class FastBatchNorm(HybridBatchNorm):
 
     Hybridize it on its own or inside ``nn.Sequential`` (as ``models.lenet('fast')``
     does), never inside a hybridized ``HybridSequential``: the compiled graph
-    returns the new moving statistics, which the block stores.
+    returns the new moving statistics, which the block stores. float32 and
+    float64 (after ``cast('float64')``); float16 is refused, as by ``batch_norm_fast``.
     """
+
+    dtypes = DTYPES
 
     def __init__(self, num_features: int, num_dims: int, eps: float = 1e-5,
                  momentum: float = 0.9, normalize: str = "full", **kwargs):
         super().__init__(num_features, num_dims, eps=eps, momentum=momentum,
                          normalize=normalize, **kwargs)
-        self._traced_spatial = None
+        self._traced_spatial = self._traced_dtype = None
 
     def hybridize(self, active=True, **kwargs):
         # The compiled graph keeps its buffers and shapes between calls (a few
@@ -231,18 +255,22 @@ class FastBatchNorm(HybridBatchNorm):
         super().hybridize(active, **kwargs)
 
     def forward(self, X):
-        # The graph is built for the input's spatial shape (not its batch size):
-        # retrace when that changes, as HybridBatchNorm does when the mode changes
-        if not isinstance(X, mx.sym.Symbol) and tuple(X.shape[2:]) != self._traced_spatial:
-            self._clear_cached_op()
-            self._traced_spatial = tuple(X.shape[2:])
+        # The graph is built for the input's spatial shape and dtype (not its
+        # batch size): retrace when they change, as HybridBatchNorm does when
+        # the mode changes. (Bad input is refused next, before any state moves)
+        if not isinstance(X, mx.sym.Symbol):
+            traced = (tuple(X.shape[2:]), onp.dtype(X.dtype))
+            if traced != (self._traced_spatial, self._traced_dtype):
+                self._clear_cached_op()
+                self._traced_spatial, self._traced_dtype = traced
         return super().forward(X)
 
     def hybrid_forward(self, F, X, gamma, beta, moving_mean, moving_var):
         return batch_norm_fast_graph(F, X, gamma, beta, moving_mean, moving_var, self.eps,
                                      self.momentum, num_features=self.num_features,
                                      spatial=self._traced_spatial,
-                                     training=self._traced_training, normalize=self.normalize)
+                                     training=self._traced_training, normalize=self.normalize,
+                                     dtype=self._traced_dtype)
 
 
 __all__ = ["FastBatchNorm", "batch_norm_fast", "batch_norm_fast_graph"]

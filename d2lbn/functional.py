@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import mxnet as mx
+import numpy as onp
 from mxnet import autograd
+
+# The dtypes batch_norm computes in (the fast version and whitening drop float16,
+# which has no CPU kernels for their matrix products)
+DTYPES = ("float16", "float32", "float64")
+# The per-channel arrays that batch_norm takes after X, in its order
+PER_CHANNEL = ("gamma", "beta", "moving_mean", "moving_var")
 
 # What batch_norm's ``normalize`` may do: centre and scale ("full", the book's),
 # only centre ("mean") or only scale ("var"); the chapter's exercise compares them
@@ -17,6 +24,39 @@ def channel_axes(ndim: int) -> tuple[int, ...]:
     return (0,) + tuple(range(2, ndim))
 
 
+def check_batch(X, dtypes=DTYPES) -> None:
+    """Raise ``ValueError`` unless ``X`` is a non-empty (N, C, ...) array of one of ``dtypes``."""
+    shape, dtype = X.shape, onp.dtype(X.dtype)
+    channel_axes(len(shape))
+    # (a NumPy dtype equals its name; building dtype.name is slow: errors only)
+    if dtype not in dtypes:
+        if not onp.issubdtype(dtype, onp.floating):
+            raise ValueError(f"batch norm needs floating-point input, got {dtype.name}")
+        raise ValueError(f"this batch norm computes in {' or '.join(dtypes)}, not {dtype.name}: "
+                         f"cast the input (and a layer's parameters) to {dtypes[0]}")
+    if 0 in shape:
+        # In training an empty batch would move the moving statistics towards
+        # 0 (MXNet's mean of nothing); there is nothing to normalise anyway
+        raise ValueError(f"batch norm needs at least one value per channel, got an empty "
+                         f"input of shape {shape}")
+
+
+def check_batch_norm_args(X, *per_channel, dtypes=DTYPES) -> None:
+    """Raise ``ValueError`` unless ``batch_norm`` can take ``X`` and ``gamma, beta, ...``."""
+    # Here, before any arithmetic: MXNet reports a bad shape or dtype only when
+    # a result is read, and a misfit can broadcast into a wrong result instead
+    check_batch(X, dtypes)
+    shape, dtype = X.shape, onp.dtype(X.dtype)
+    want = (1, shape[1]) + (1,) * (len(shape) - 2)
+    for name, a in zip(PER_CHANNEL, per_channel):
+        if a.shape != want:
+            raise ValueError(f"{name} must have shape {want} (one value per channel of "
+                             f"input shape {shape}), got {a.shape}")
+        if a.dtype != dtype:
+            raise ValueError(f"{name} is {onp.dtype(a.dtype).name} but the input is "
+                             f"{dtype.name}: give them one dtype")
+
+
 def check_normalize(normalize: str) -> str:
     """Return ``normalize`` unless it is not one of ``NORMALIZE`` (then ``ValueError``)."""
     if normalize not in NORMALIZE:
@@ -27,6 +67,7 @@ def check_normalize(normalize: str) -> str:
 
 def batch_norm(X, gamma, beta, moving_mean, moving_var, eps, momentum, normalize="full"):
     """Batch-normalise ``X`` per channel; return ``(Y, moving_mean, moving_var)``."""
+    check_batch_norm_args(X, gamma, beta, moving_mean, moving_var)
     return batch_norm_graph(mx, X, gamma, beta, moving_mean, moving_var, eps, momentum,
                             axes=channel_axes(X.ndim), training=autograd.is_training(),
                             normalize=normalize)

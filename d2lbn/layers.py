@@ -9,22 +9,36 @@ import numpy as onp
 from mxnet import autograd, init
 from mxnet.gluon import nn
 
-from .functional import batch_norm, batch_norm_graph, channel_axes, check_normalize
+from .functional import (
+    DTYPES,
+    batch_norm,
+    batch_norm_graph,
+    channel_axes,
+    check_batch,
+    check_normalize,
+)
 
 
-def check_input(X, num_features: int, num_dims: int) -> None:
-    """Raise ``ValueError`` unless ``X`` has ``num_dims`` axes and ``num_features`` channels."""
-    if X.ndim != num_dims:
-        raise ValueError(f"expected {num_dims}-D input (N, C, ...), got shape {X.shape}")
-    if X.shape[1] != num_features:
-        raise ValueError(f"expected {num_features} channels on axis 1, got {X.shape[1]} "
-                         f"(input shape {X.shape})")
-    if not onp.issubdtype(X.dtype, onp.floating):
-        raise ValueError(f"batch norm needs floating-point input, got {onp.dtype(X.dtype).name}")
+def check_input(X, num_features: int, num_dims: int, dtype=None, dtypes=DTYPES) -> None:
+    """Raise ``ValueError`` unless ``X`` fits a layer: axes, channels, values, ``dtype``."""
+    shape = X.shape
+    if len(shape) != num_dims:
+        raise ValueError(f"expected {num_dims}-D input (N, C, ...), got shape {shape}")
+    if shape[1] != num_features:
+        raise ValueError(f"expected {num_features} channels on axis 1, got {shape[1]} "
+                         f"(input shape {shape})")
+    check_batch(X, dtypes)
+    # MXNet would mix the dtypes: some operators refuse later, when a result is
+    # read, and the moving statistics would silently round to the parameters'
+    if dtype is not None and X.dtype != dtype:
+        want, got = onp.dtype(dtype).name, onp.dtype(X.dtype).name
+        raise ValueError(f"the layer's parameters are {want} but the input is {got}: cast the "
+                         f"input with X.astype('{want}'), or the layer with .cast('{got}')")
 
 
 def warn_if_degenerate(X) -> bool:
     """Warn once per call site when a training batch leaves one value per channel."""
+    # (an empty batch never gets here: check_input refuses it)
     per_channel = X.size // X.shape[1]
     if per_channel > 1:
         return False
@@ -37,6 +51,9 @@ def warn_if_degenerate(X) -> bool:
 
 class BatchNormBase:
     """Shared parameters and checks of the two BatchNorm Blocks."""
+
+    # The input dtypes the layer computes in; the parameters' dtype must match
+    dtypes = DTYPES
 
     def _setup(self, num_features: int, num_dims: int, eps: float, momentum: float,
                normalize: str) -> None:
@@ -64,8 +81,12 @@ class BatchNormBase:
         self.moving_var = self.params.get("moving_var", shape=shape, init=init.One(),
                                           grad_req="null", differentiable=False)
 
+    def _check_input(self, X) -> None:
+        check_input(X, self.num_features, self.num_dims, self.gamma.dtype, self.dtypes)
+
     def _check(self, X) -> None:
-        check_input(X, self.num_features, self.num_dims)
+        # Before anything is computed or stored: bad input leaves the state alone
+        self._check_input(X)
         if autograd.is_training():
             warn_if_degenerate(X)
 

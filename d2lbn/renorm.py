@@ -29,7 +29,7 @@ from mxnet import autograd, init
 from mxnet.gluon import nn
 
 from .fast import stop_gradient
-from .functional import batch_norm, channel_axes, moments, moving_average
+from .functional import batch_norm, channel_axes, check_batch_norm_args, moments, moving_average
 from .layers import BatchNormBase
 
 # Paper schedule (Inception v3, 32 examples a step, ~130k steps): BN for 5k
@@ -52,6 +52,7 @@ def check_limits(r_max: float, d_max: float) -> None:
 def batch_renorm(X, gamma, beta, moving_mean, moving_var, eps, momentum, r_max, d_max):
     """Batch-renormalise ``X`` per channel; return ``(Y, moving_mean, moving_var)``."""
     check_limits(r_max, d_max)
+    check_batch_norm_args(X, gamma, beta, moving_mean, moving_var)
     if not autograd.is_training():
         # Prediction is BN's: the correction exists to make training look like it
         return batch_norm(X, gamma, beta, moving_mean, moving_var, eps, momentum)

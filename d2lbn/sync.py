@@ -6,7 +6,8 @@ shards are small or unlike each other, those statistics differ from the batch's,
 and so do the moving statistics that each device keeps. Synchronized BN shares
 per-channel sums between the devices, so that every shard is normalised with the
 statistics of the whole batch. Its outputs, gradients and moving statistics then
-equal those of single-device BN on the concatenated batch.
+equal those of single-device BN on the concatenated batch. The same math serves
+several processes: pass a reduction that also sums over them (``d2lbn.dist``).
 
 MXNet's ``gluon.contrib.nn.SyncBatchNorm`` is no help in the book's numpy mode.
 It is a legacy operator, so numpy arrays get a ``TypeError``. In legacy mode it
@@ -16,15 +17,21 @@ averages the devices' means without weighting them by shard size, so it is wrong
 for uneven shards. Here the reduction is our own, built from copies between
 devices (``as_in_ctx``). Autograd records these copies, so a single Python thread
 drives every device and the gradient flows back through the shared statistics.
+
+Dtypes: per-device BN takes float16, float32 and float64, as ``batch_norm``
+does. Synchronized BN refuses float16 with a ``ValueError``: its per-channel
+sums would pass float16's largest value, 65504, on any real batch.
 """
 
 from __future__ import annotations
 
+import functools
+
 from mxnet import autograd, np
 from mxnet.gluon import nn
 
-from .functional import batch_norm, channel_axes, moving_average
-from .layers import BatchNormBase, check_input, warn_if_degenerate
+from .functional import DTYPES, batch_norm, channel_axes, check_batch_norm_args, moving_average
+from .layers import BatchNormBase, warn_if_degenerate
 
 
 def split_and_load(X, ctxs, sizes=None):
@@ -49,8 +56,9 @@ def gather(Ys, ctx=None):
     return np.concatenate([Y.as_in_ctx(ctx) for Y in Ys], axis=0)
 
 
-def all_reduce(arrays):
+def all_reduce(arrays, tag=None):
     """The sum of ``arrays`` (one per device) on each of their devices, recorded by autograd."""
+    # tag names the quantity for reductions that need a name (a kvstore key); not here
     # Every device adds the same terms in the same order, so its copy of the sum
     # agrees with the others bit for bit. The gradient of a copy is copied back
     # to the source device, which is what lets backward cross devices.
@@ -63,7 +71,11 @@ def all_reduce(arrays):
     return sums
 
 
-def check_shards(Xs, *per_shard) -> tuple[int, ...]:
+# Sums over whole batches overflow float16
+SYNC_DTYPES = ("float32", "float64")
+
+
+def check_shards(Xs, *per_shard, dtypes=DTYPES) -> tuple[int, ...]:
     """Return the channel axes of shards ``Xs``; ``ValueError`` unless they fit together."""
     if not Xs:
         raise ValueError("need at least one shard, got an empty list")
@@ -77,6 +89,10 @@ def check_shards(Xs, *per_shard) -> tuple[int, ...]:
     for arrays in per_shard:
         if len(arrays) != len(Xs):
             raise ValueError(f"{len(Xs)} shards but {len(arrays)} parameter arrays")
+    # per_shard: the lists gammas, betas, moving_means, moving_vars. Each shard
+    # with its arrays as batch_norm checks them, all before any arithmetic
+    for X, *arrays in zip(Xs, *per_shard):
+        check_batch_norm_args(X, *arrays, dtypes=dtypes)
     return channel_axes(first.ndim)
 
 
@@ -88,18 +104,29 @@ def per_device_batch_norm(Xs, gammas, betas, moving_means, moving_vars, eps, mom
     return tuple(list(out) for out in zip(*outs))
 
 
-def sync_batch_norm(Xs, gammas, betas, moving_means, moving_vars, eps, momentum):
-    """``batch_norm`` of shards ``Xs`` with their union's statistics; lists as returned above."""
-    axes = check_shards(Xs, gammas, betas, moving_means, moving_vars)
+def sync_batch_norm(Xs, gammas, betas, moving_means, moving_vars, eps, momentum,
+                    reduce=all_reduce):
+    """``batch_norm`` of shards ``Xs`` with their union's statistics; lists as returned above.
+
+    ``reduce(arrays, tag)`` sums per-shard arrays over every shard there is, here
+    (``all_reduce``, the default) or also in other processes (``d2lbn.dist``).
+    """
+    axes = check_shards(Xs, gammas, betas, moving_means, moving_vars, dtypes=SYNC_DTYPES)
     if not autograd.is_training():
         # Prediction uses the moving statistics, which are already shared
         return per_device_batch_norm(Xs, gammas, betas, moving_means, moving_vars, eps, momentum)
-    n = sum(X.size // X.shape[1] for X in Xs)
-    means = [s / n for s in all_reduce([X.sum(axis=axes, keepdims=True) for X in Xs])]
+    with autograd.pause():
+        # Values per channel in each shard, summed like the statistics, since
+        # shards elsewhere may hold other numbers of examples; counts need no gradient
+        counts = reduce([np.full((1,), X.size // X.shape[1], dtype=X.dtype, ctx=X.ctx)
+                         for X in Xs], "count")
+    sums = reduce([X.sum(axis=axes, keepdims=True) for X in Xs], "sum")
+    means = [s / n for s, n in zip(sums, counts)]
     # A second pass on the deviations from the global mean, not E[X^2] - mean^2,
     # which cancels catastrophically when the mean is large against the spread
-    squares = [((X - mean) ** 2).sum(axis=axes, keepdims=True) for X, mean in zip(Xs, means)]
-    variances = [s / n for s in all_reduce(squares)]
+    squares = reduce([((X - mean) ** 2).sum(axis=axes, keepdims=True)
+                      for X, mean in zip(Xs, means)], "square")
+    variances = [s / n for s, n in zip(squares, counts)]
     Ys = [gamma * (X - mean) / np.sqrt(var + eps) + beta
           for X, gamma, beta, mean, var in zip(Xs, gammas, betas, means, variances)]
     moving_means = [moving_average(mm, mean, momentum) for mm, mean in zip(moving_means, means)]
@@ -113,13 +140,15 @@ class SyncBatchNorm(BatchNormBase, nn.Block):
     Initialise it on the shards' contexts. Each context keeps its own moving
     statistics: equal everywhere with ``sync=True``, the shard's own with
     ``sync=False`` (as Gluon's ``nn.BatchNorm`` does under data parallelism).
+    ``reduce`` is ``sync_batch_norm``'s: ``d2lbn.dist`` has one that spans processes.
     """
 
     def __init__(self, num_features: int, num_dims: int, eps: float = 1e-5,
-                 momentum: float = 0.9, sync: bool = True, **kwargs):
+                 momentum: float = 0.9, sync: bool = True, reduce=all_reduce, **kwargs):
         super().__init__(**kwargs)
         self._setup(num_features, num_dims, eps, momentum, "full")
         self.sync = sync
+        self.reduce = reduce
 
     def forward(self, Xs):
         check_shards(Xs)
@@ -127,15 +156,21 @@ class SyncBatchNorm(BatchNormBase, nn.Block):
         if len(set(ctxs)) != len(ctxs):
             raise ValueError(f"one shard per context, got contexts {ctxs}")
         for X in Xs:
-            check_input(X, self.num_features, self.num_dims)
+            self._check_input(X)
         training = autograd.is_training()
-        if training and not (self.sync and len(Xs) > 1):
+        shared = self.sync and (len(Xs) > 1 or self.reduce is not all_reduce)
+        if training and not shared:
             # Statistics shared by two or more shards have two or more values
             # per channel: only a shard on its own can be degenerate
             for X in Xs:
                 if warn_if_degenerate(X):
                     break
-        norm = sync_batch_norm if self.sync else per_device_batch_norm
+        if self.sync:
+            # The layer's name tells its sums from other layers' (kvstore keys)
+            norm = functools.partial(sync_batch_norm, reduce=lambda arrays, tag: self.reduce(
+                arrays, f"{self.name}/{tag}"))
+        else:
+            norm = per_device_batch_norm
         # detach(): as in BatchNorm, the stored statistics stay outside the graph
         Ys, moving_means, moving_vars = norm(
             Xs, [self.gamma.data(c) for c in ctxs], [self.beta.data(c) for c in ctxs],
@@ -162,3 +197,31 @@ class PerShard(nn.Block):
     def forward(self, Xs):
         return [self.block(X) for X in Xs]
 
+
+
+class ShardedSequential(nn.Sequential):
+    """An ``nn.Sequential`` that maps a list of shards, one per device, to a list of outputs."""
+
+
+def sharded(net, sync: bool = True, reduce=all_reduce) -> ShardedSequential:
+    """``net`` on lists of shards: our BN layers become ``SyncBatchNorm``, the rest ``PerShard``.
+
+    The new net shares the old one's other layers (and their parameters); its BN
+    layers are new, with the old ones' settings. ``sync`` and ``reduce`` are
+    ``SyncBatchNorm``'s.
+    """
+    out = ShardedSequential()
+    for layer in net:
+        if isinstance(layer, nn.BatchNorm):
+            # It does not know whether it sees 2-D or 4-D input, which SyncBatchNorm needs
+            raise ValueError(f"cannot shard Gluon's {layer!r}: build the net with our "
+                             "BatchNorm (norm='scratch') instead")
+        if isinstance(layer, BatchNormBase) and not isinstance(layer, SyncBatchNorm):
+            if layer.normalize != "full":
+                raise ValueError(f"SyncBatchNorm normalises fully, unlike {layer!r}")
+            layer = SyncBatchNorm(layer.num_features, layer.num_dims, eps=layer.eps,
+                                  momentum=layer.momentum, sync=sync, reduce=reduce)
+        elif not isinstance(layer, SyncBatchNorm):
+            layer = PerShard(layer)
+        out.add(layer)
+    return out

@@ -1,4 +1,8 @@
-"""Training and evaluation in the spirit of d2l's ``train_ch6``, with a history."""
+"""Training and evaluation in the spirit of d2l's ``train_ch6``, with a history.
+
+Also data-parallel, as d2l's multi-GPU chapter: over a list of devices in one
+process, and over processes with a ``dist_sync`` kvstore (``d2lbn.dist``).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,9 @@ import time
 
 import mxnet as mx
 import numpy as onp
-from mxnet import autograd, gluon, init
+from mxnet import autograd, gluon, init, np
+
+from . import dist, sync
 
 _noted_cpu = False
 
@@ -72,9 +78,14 @@ def evaluate_accuracy(net, data_iter, device: mx.Context | None = None) -> float
     correct, total = 0.0, 0
     for X, y in data_iter:
         X, y = X.as_in_ctx(device), y.as_in_ctx(device)
-        correct += accuracy(net(X), y)
+        correct += accuracy(forward(net, [X])[0], y)
         total += y.size
     return correct / total
+
+
+def forward(net, Xs):
+    """``net`` on each shard of ``Xs``, or on the list at once if it takes shards."""
+    return net(Xs) if isinstance(net, sync.ShardedSequential) else [net(X) for X in Xs]
 
 
 def in_notebook() -> bool:
@@ -94,46 +105,73 @@ def sgd_step(net, trainer, loss, X, y):
     return l, y_hat
 
 
+def data_parallel_step(net, trainer, loss, Xs, ys, batch_size: int):
+    """``sgd_step`` on shards ``Xs, ys`` (one per device) of a batch of ``batch_size``."""
+    with autograd.record():
+        y_hats = forward(net, Xs)
+        ls = [loss(y_hat, y) for y_hat, y in zip(y_hats, ys)]
+    autograd.backward(ls)
+    # The Trainer's kvstore sums the devices' (and workers') gradients; step
+    # divides by the examples of the whole batch, as one device would
+    trainer.step(batch_size)
+    return ls, y_hats
+
+
 def train(net, train_iter, test_iter, num_epochs: int, lr: float,
           device: mx.Context | None = None, seed: int | None = 0,
           animate: bool | None = None, hybridize: bool = False,
-          quiet: bool = False) -> History:
+          quiet: bool = False, devices: list[mx.Context] | None = None,
+          kvstore="device") -> History:
     """Train ``net`` with SGD on softmax cross-entropy (Xavier init); return its History.
 
     Draws d2l's Animator in a notebook (``animate=None``), logs one line per epoch
     elsewhere (``quiet``: neither, nor the closing summary). ``seed`` makes CPU runs
-    repeatable.
+    repeatable. ``devices`` (instead of ``device``) splits each batch over several
+    devices; a net from ``sync.sharded`` sees all the shards (synchronized BN), any
+    other net each shard alone (BN per device). ``kvstore`` is the Trainer's: one
+    from ``dist.kvstore()`` also sums over worker processes, each of which passes
+    its own share of the data (``dist.shard``); rank 0 then measures test accuracy.
     """
     if lr <= 0:
         raise ValueError(f"lr must be positive, got {lr}")
     if num_epochs < 1:
         raise ValueError(f"num_epochs must be at least 1, got {num_epochs}")
-    device = device or try_gpu()
+    devices = _devices(device, devices)
+    num_workers, rank = _workers(kvstore)
     if seed is not None:
         seed_all(seed)
-    net.initialize(init.Xavier(), ctx=device, force_reinit=True)
+    net.initialize(init.Xavier(), ctx=devices, force_reinit=True)
     if hybridize:
         net.hybridize()
-    trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": lr})
+    trainer = _trainer(net, lr, kvstore)
     loss = gluon.loss.SoftmaxCrossEntropyLoss()
-    history = History(lr=lr, batch_size=_batch_size(train_iter),
-                      num_epochs=num_epochs, seed=seed, device=str(device))
+    where = str(devices[0]) if len(devices) == 1 else ", ".join(str(d) for d in devices)
+    history = History(lr=lr, batch_size=_batch_size(train_iter) * num_workers,
+                      num_epochs=num_epochs, seed=seed,
+                      device=where if num_workers == 1 else f"{num_workers} workers x {where}")
     animator = _animator(num_epochs) if (in_notebook() if animate is None else animate) else None
     start = time.perf_counter()
     for epoch in range(num_epochs):
         loss_sum, correct, n, busy = 0.0, 0.0, 0, 0.0
         for X, y in train_iter:
             tic = time.perf_counter()
-            X, y = X.as_in_ctx(device), y.as_in_ctx(device)
-            l, y_hat = sgd_step(net, trainer, loss, X, y)
+            Xs = gluon.utils.split_and_load(X, devices, even_split=False)
+            ys = gluon.utils.split_and_load(y, devices, even_split=False)
+            # Every worker's batch has the same size (dist.shard sees to it)
+            ls, y_hats = data_parallel_step(net, trainer, loss, Xs, ys,
+                                            X.shape[0] * num_workers)
             # float() waits for the step to finish, so the timer sees real work
-            loss_sum += float(l.sum())
-            correct += accuracy(y_hat, y)
+            loss_sum += sum(float(l.sum()) for l in ls)
+            correct += sum(accuracy(y_hat, y) for y_hat, y in zip(y_hats, ys))
             n += X.shape[0]
             busy += time.perf_counter() - tic
+        if num_workers > 1:
+            loss_sum, correct, n = _sum_over_workers(kvstore, [loss_sum, correct, n])
         history.loss.append(loss_sum / n)
         history.train_acc.append(correct / n)
-        history.test_acc.append(evaluate_accuracy(net, test_iter, device))
+        # One replica measures: with BN per worker the others' statistics differ
+        history.test_acc.append(evaluate_accuracy(net, test_iter, devices[0]) if rank == 0
+                                else float("nan"))
         history.examples_per_sec.append(n / busy)
         if animator:
             animator.add(epoch + 1, (history.loss[-1], history.train_acc[-1],
@@ -146,6 +184,25 @@ def train(net, train_iter, test_iter, num_epochs: int, lr: float,
     if not quiet:
         print(history.summary())
     return history
+
+
+def sgd_steps(net, batches, lr: float, devices: list[mx.Context] | None = None,
+              kvstore="device") -> list[float]:
+    """One SGD step on each of ``batches`` (an initialised net); the mean loss of each step.
+
+    ``devices`` and ``kvstore`` as in ``train``: for comparing runs step by step.
+    """
+    devices = _devices(None, devices)
+    num_workers, _ = _workers(kvstore)
+    trainer = _trainer(net, lr, kvstore)
+    loss = gluon.loss.SoftmaxCrossEntropyLoss()
+    losses = []
+    for X, y in batches:
+        Xs = gluon.utils.split_and_load(np.array(X), devices, even_split=False)
+        ys = gluon.utils.split_and_load(np.array(y), devices, even_split=False)
+        ls, _ = data_parallel_step(net, trainer, loss, Xs, ys, X.shape[0] * num_workers)
+        losses.append(sum(float(l.sum()) for l in ls) / X.shape[0])
+    return losses
 
 
 def test_acc_after_steps(net, train_iter, test_iter, lr: float, checkpoints: list[int],
@@ -185,6 +242,57 @@ def step_batches(train_iter, num_steps: int, device: mx.Context):
 def _batch_size(data_iter) -> int:
     # Gluon's DataLoader keeps it on its batch sampler; other iterables: 0 (unknown)
     return getattr(getattr(data_iter, "_batch_sampler", None), "_batch_size", 0)
+
+
+def _devices(device, devices) -> list[mx.Context]:
+    """The list of devices to train on, from ``train``'s two ways of naming them."""
+    if devices is None:
+        return [device or try_gpu()]
+    if device is not None:
+        raise ValueError(f"give device or devices, not both (got {device} and {devices})")
+    devices = list(devices)
+    if not devices or len(set(devices)) != len(devices):
+        raise ValueError(f"devices must be a non-empty list of distinct contexts, got {devices}")
+    return devices
+
+
+def _workers(kvstore) -> tuple[int, int]:
+    """``(number of worker processes, this one's rank)`` of the run ``kvstore`` belongs to."""
+    if isinstance(kvstore, mx.kv.KVStore) and "dist" in kvstore.type:
+        if kvstore.type != "dist_sync":
+            raise ValueError(f"only the dist_sync kvstore keeps workers in step, got "
+                             f"{kvstore.type}")
+        return kvstore.num_workers, kvstore.rank
+    return 1, 0
+
+
+def _trainer(net, lr: float, kvstore) -> gluon.Trainer:
+    """SGD on ``net``'s parameters; gradients summed over devices (and workers) by ``kvstore``."""
+    if _workers(kvstore)[0] == 1 and not isinstance(kvstore, mx.kv.KVStore):
+        return gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": lr}, kvstore=kvstore)
+    # Workers update their own copies from the summed gradients: the servers
+    # then only add, which is what the sums of synchronized BN need from them too
+    return _SettledTrainer(net.collect_params(), "sgd", {"learning_rate": lr}, kvstore=kvstore,
+                           update_on_kvstore=False)
+
+
+class _SettledTrainer(gluon.Trainer):
+    """``gluon.Trainer`` that lets the first copy of the parameters arrive before any gradient."""
+
+    def _init_params(self):
+        super()._init_params()
+        # MXNet 1.9's first step pulls rank 0's parameters into every worker and
+        # then pushes the gradients under the same keys, and nothing orders the two.
+        # With update_on_kvstore=False a push that overtakes the pull makes the
+        # servers answer it with summed gradients, which become that worker's
+        # parameters (3 runs in 8 of a 2-worker LeNet here). So wait for the pull
+        mx.nd.waitall()
+
+
+def _sum_over_workers(kvstore, values: list[float]) -> list[float]:
+    """Python numbers summed over the workers of a ``dist_sync`` run."""
+    total = dist.all_reduce([np.array(values, dtype="float64")], "train/epoch", kv=kvstore)[0]
+    return [float(v) for v in total]
 
 
 def _animator(num_epochs: int):

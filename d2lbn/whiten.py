@@ -33,16 +33,17 @@ import mxnet as mx
 import numpy as onp
 from mxnet import autograd, init
 
+from .fast import DTYPES
 from .functional import moving_average
 from .layers import HybridBatchNorm
 
 
 def inv_sqrt_newton_schulz(Sigma, iters: int):
     """``Sigma^{-1/2}`` of each symmetric positive-definite ``(g, g)`` block in ``(G, g, g)``."""
-    return _inv_sqrt(mx, Sigma, iters, Sigma.shape[-1])
+    return inv_sqrt(mx, Sigma, iters, Sigma.shape[-1])
 
 
-def _inv_sqrt(F, Sigma, iters, g):
+def inv_sqrt(F, Sigma, iters, g):
     """Newton-Schulz for the inverse square root, for ``F`` = ``mx`` or ``mx.sym``."""
     # IterNorm's P_{k+1} = (3 P_k - P_k^3 S) / 2 from P_0 = I, for S = Sigma / trace.
     # It converges when S's eigenvalues lie in (0, 3), and the trace puts them
@@ -91,9 +92,9 @@ def zca_whiten_graph(F, X, gamma, beta, moving_mean, moving_whitening, eps, mome
     G = C // g
     I = F.np.eye(g)
     if training:
-        Xc, mean, Sigma = _centred_moments(F, X, C, g, num_dims)
+        Xc, mean, Sigma = centred_moments(F, X, C, g, num_dims)
         # eps * I keeps Sigma invertible when the batch spans fewer directions
-        W = _inv_sqrt(F, Sigma + eps * I, iters, g)
+        W = inv_sqrt(F, Sigma + eps * I, iters, g)
         # Gluon's convention: momentum is the weight of the old value
         moving_mean = moving_average(moving_mean, F.npx.reshape_like(mean, gamma), momentum)
         moving_whitening = moving_average(moving_whitening, W, momentum)
@@ -107,8 +108,8 @@ def zca_whiten_graph(F, X, gamma, beta, moving_mean, moving_whitening, eps, mome
     else:
         # (folding the mean into the bias saves a full pass over X)
         b = beta.reshape(-1) - F.np.matmul(A, F.npx.reshape(mean, (G, g, 1))).reshape(-1)
-        Y = affine(F, _working(F, X, num_dims), A, b, C, g, num_dims)
-    return _restore(F, Y, X, num_dims), moving_mean, moving_whitening
+        Y = affine(F, working(F, X, num_dims), A, b, C, g, num_dims)
+    return restore(F, Y, X, num_dims), moving_mean, moving_whitening
 
 
 def pit_norm(X, gamma, beta, moving_mean, moving_var, eps, momentum):
@@ -128,7 +129,7 @@ def pit_norm_graph(F, X, gamma, beta, moving_mean, moving_var, eps, momentum, nu
     # as BN's. The constants ride on the 1x1 maps around erf, not on extra passes.
     c_in, c_out = 1.0 / math.sqrt(2.0), math.sqrt(3.0)
     if training:
-        Xc, mean, var = _centred_moments(F, X, C, 1, num_dims)
+        Xc, mean, var = centred_moments(F, X, C, 1, num_dims)
         var = var.reshape(-1)
         a = c_in / F.np.sqrt(var + eps)
         Z = affine(F, Xc, a.reshape(C, 1, 1), F.np.zeros_like(a), C, 1, num_dims)
@@ -136,13 +137,13 @@ def pit_norm_graph(F, X, gamma, beta, moving_mean, moving_var, eps, momentum, nu
         moving_var = moving_average(moving_var, F.npx.reshape_like(var, gamma), momentum)
     else:
         a = c_in / F.np.sqrt(moving_var.reshape(-1) + eps)
-        Z = affine(F, _working(F, X, num_dims), a.reshape(C, 1, 1),
+        Z = affine(F, working(F, X, num_dims), a.reshape(C, 1, 1),
                     -a * moving_mean.reshape(-1), C, 1, num_dims)
     # (erf is the costly part: on LeNet's first layer MXNet's CPU kernel takes,
     # forward and backward, longer than the rest of this function)
     Y = affine(F, F.npx.erf(Z), c_out * gamma.reshape(C, 1, 1), beta.reshape(-1), C, 1,
                 num_dims)
-    return _restore(F, Y, X, num_dims), moving_mean, moving_var
+    return restore(F, Y, X, num_dims), moving_mean, moving_var
 
 
 def check_groups(num_features: int, group_size: int | None) -> int:
@@ -165,15 +166,17 @@ def group_identity(num_features: int, group_size: int | None = None, dtype="floa
 # The layout the math works in: (N, C) for 2-D input, (N, C, H, W) for the
 # rest (3-D input viewed as (N, C, 1, L), 5-D as (N, C, 1, D*H*W)), so that
 # per-channel maps are 1x1 convolutions
-def _working(F, X, num_dims):
+def working(F, X, num_dims):
+    """``X`` in a 2-D or 4-D layout (3-D and 5-D input folded into 4-D)."""
     return X if num_dims in (2, 4) else F.npx.reshape(X, (-2, -2, 1, -1))
 
 
-def _restore(F, Y, X, num_dims):
+def restore(F, Y, X, num_dims):
+    """``Y`` back in the layout of ``X`` (undoes ``working``)."""
     return Y if num_dims in (2, 4) else F.npx.reshape_like(Y, X)
 
 
-def _centred_moments(F, X, C, g, num_dims):
+def centred_moments(F, X, C, g, num_dims):
     """Return the centred input (working layout), the ``(C,)`` means and ``(G, g, g)`` Sigma."""
     if num_dims == 2:
         # Sums over the batch as products with a column of ones: their backward
@@ -185,8 +188,8 @@ def _centred_moments(F, X, C, g, num_dims):
         Xc = X - mean
         if g == 1:
             return Xc, mean, (F.np.dot(ones, F.np.square(Xc)) / count).reshape(C, 1, 1)
-        return Xc, mean, _diag_blocks(F, F.np.dot(Xc.T, Xc) / count, C, g)
-    X4 = _working(F, X, num_dims)
+        return Xc, mean, diag_blocks(F, F.np.dot(Xc.T, Xc) / count, C, g)
+    X4 = working(F, X, num_dims)
     X3 = F.npx.reshape(X4, (-2, -2, -1))                             # (N, C, H*W)
     ones_l, ones_n = F.np.ones_like(X3[0, 0]), F.np.ones_like(X3[:, 0, 0])
     count = ones_n.sum() * ones_l.sum()
@@ -203,10 +206,10 @@ def _centred_moments(F, X, C, g, num_dims):
     # One (C, C) product per example, summed over the batch: no transpose of the
     # full array into (C, N*H*W), which costs more than the products
     per_example = F.npx.reshape(F.npx.batch_dot(Xc3, Xc3, transpose_b=True), (-2, -1))
-    return Xc, mean, _diag_blocks(F, (F.np.dot(ones_n, per_example) / count).reshape(C, C), C, g)
+    return Xc, mean, diag_blocks(F, (F.np.dot(ones_n, per_example) / count).reshape(C, C), C, g)
 
 
-def _diag_blocks(F, M, C, g):
+def diag_blocks(F, M, C, g):
     """The ``(G, g, g)`` diagonal blocks of a ``(C, C)`` matrix."""
     G = C // g
     if G == 1:
@@ -235,7 +238,7 @@ def affine(F, X, A, b, C, g, num_dims):
                              no_bias=False)
 
 
-class _StaticGraph:
+class StaticGraph:
     """``hybridize()`` with ``static_alloc`` and ``static_shape`` on unless told otherwise."""
 
     def hybridize(self, active=True, **kwargs):
@@ -246,13 +249,17 @@ class _StaticGraph:
         super().hybridize(active, **kwargs)
 
 
-class Whitening(_StaticGraph, HybridBatchNorm):
+class Whitening(StaticGraph, HybridBatchNorm):
     """ZCA (group) whitening of the channels, then BN's per-channel ``gamma`` and ``beta``.
 
     ``group_size=None`` whitens all channels together; ``1`` is batch norm with
     a moving ``1 / sqrt(var + eps)`` in place of the moving variance. As
     ``HybridBatchNorm``: hybridize it on its own or inside ``nn.Sequential``.
+    float32 and float64; float16 is refused, as by ``fast``.
     """
+
+    # (MXNet has no float16 matrix products on CPU)
+    dtypes = DTYPES
 
     def __init__(self, num_features: int, num_dims: int, group_size: int | None = None,
                  iters: int = 5, eps: float = 1e-5, momentum: float = 0.9, **kwargs):
@@ -300,8 +307,11 @@ class Whitening(_StaticGraph, HybridBatchNorm):
                 f"momentum={self.momentum})")
 
 
-class PITNorm(_StaticGraph, HybridBatchNorm):
+class PITNorm(StaticGraph, HybridBatchNorm):
     """``pit_norm`` as a Block: BN's parameters, moving statistics, checks and hybridization."""
+
+    # float32 and float64, as Whitening
+    dtypes = DTYPES
 
     def hybrid_forward(self, F, X, gamma, beta, moving_mean, moving_var):
         return pit_norm_graph(F, X, gamma, beta, moving_mean, moving_var, self.eps,

@@ -1,7 +1,10 @@
 """Inputs, references and checks that several test modules share."""
 
+import warnings
+
 import numpy as onp
-from mxnet import autograd, gluon, np
+import pytest
+from mxnet import autograd, gluon, np, npx
 
 import d2lbn
 from d2lbn import train
@@ -61,6 +64,30 @@ def numpy_batch_norm(X, gamma, beta, mean, var, head):
     return Y, dX, dgamma, dbeta, new_mean, new_var
 
 
+# Error bound per dtype, relative to the largest magnitude of each result: a few
+# roundings of the dtype. float64's also catches a detour through float32
+DTYPE_TOL = {"float16": 5e-3, "float32": 2e-6, "float64": 1e-12}
+
+
+def assert_close_in(dtype, got, want, names=NAMES):
+    """Each of ``got`` has ``dtype`` and lies within ``DTYPE_TOL[dtype]`` of float64 ``want``."""
+    for name, g, w in zip(names, got, want):
+        g = g.asnumpy() if hasattr(g, "asnumpy") else g
+        assert g.dtype == onp.dtype(dtype), (name, g.dtype)
+        err = onp.abs(g.astype("float64") - w).max()
+        assert err <= DTYPE_TOL[dtype] * max(1.0, onp.abs(w).max()), (name, dtype, err)
+
+
+def numpy_prediction(X, gamma, beta, mean, var):
+    """Float64 BN in prediction mode: the moving statistics standardise ``X``."""
+    return gamma * (X - mean) / onp.sqrt(var + EPS) + beta
+
+
+def float64(arrays):
+    """MXNet arrays as float64 NumPy arrays, for the references."""
+    return [a.asnumpy().astype("float64") for a in arrays]
+
+
 # -- the Blocks and the nets --------------------------------------------------------------------
 
 def batch(shape, seed=0):
@@ -94,6 +121,25 @@ def check_hybridized_equals_imperative(make_plain, make_hybrid, shape, steps=3, 
     for name in stats:
         onp.testing.assert_allclose(getattr(hybrid, name).data().asnumpy(),
                                     getattr(plain, name).data().asnumpy(), rtol=tol)
+
+
+def parameter_bytes(block):
+    """Every parameter's dtype and bytes on every context: equal means equal bit for bit."""
+    return {name: [(d.dtype, d.asnumpy().tobytes()) for d in p.list_data()]
+            for name, p in block.collect_params().items()}
+
+
+def check_refused(block, X, match, training=True):
+    """``block(X)`` raises ``ValueError`` matching ``match``, warns nothing, changes nothing."""
+    before = parameter_bytes(block)
+    with warnings.catch_warnings():
+        # A warning ahead of the error would mean that the input got that far
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=match):
+            with autograd.record(train_mode=training):
+                block(X)
+    npx.waitall()  # nothing queued that fails later
+    assert parameter_bytes(block) == before
 
 
 def train_steps(net, n=3):

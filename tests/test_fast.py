@@ -9,7 +9,16 @@ import json
 import mxnet as mx
 import numpy as onp
 import pytest
-from helpers import NAMES, batch, numpy_batch_norm, ours, param_shape, train_steps
+from helpers import (
+    NAMES,
+    assert_close_in,
+    batch,
+    float64,
+    numpy_batch_norm,
+    ours,
+    param_shape,
+    train_steps,
+)
 from helpers import step as block_step
 from mxnet import np
 
@@ -52,6 +61,24 @@ def test_batch_size_may_change_after_hybridizing():
         X, head = batch((n, 3, 5, 5), n), batch((n, 3, 5, 5), 10 + n)
         for g, w in zip(block_step(hybrid, X, head), block_step(plain, X, head)):
             onp.testing.assert_allclose(g.asnumpy(), w.asnumpy(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(6, 3, 4, 5), (6, 3)], ids=str)
+def test_cast_to_float64_after_hybridizing_retraces(shape):
+    # The graph's constants are built in the traced input's dtype: a float32
+    # trace must not serve float64 input (MXNet would refuse to mix them)
+    bn = FastBatchNorm(3, len(shape))
+    bn.initialize()
+    bn.hybridize()
+    block_step(bn, batch(shape, 1), batch(shape, 2))
+    bn.cast("float64")
+    X, head = batch(shape, 3).astype("float64"), batch(shape, 4).astype("float64")
+    stats = float64([bn.moving_mean.data(), bn.moving_var.data()])
+    Y, dgamma, dbeta = block_step(bn, X, head)
+    ps = param_shape(shape)
+    want = numpy_batch_norm(*float64([X]), onp.ones(ps), onp.zeros(ps), *stats, *float64([head]))
+    assert_close_in("float64", [Y, dgamma, dbeta, bn.moving_mean.data(), bn.moving_var.data()],
+                    [want[i] for i in (0, 2, 3, 4, 5)])
 
 
 def test_block_bookkeeping_and_checks():

@@ -5,7 +5,18 @@ import warnings
 import mxnet as mx
 import numpy as onp
 import pytest
-from helpers import batch, check_hybridized_equals_imperative, step, train_steps
+from helpers import (
+    assert_close_in,
+    batch,
+    check_hybridized_equals_imperative,
+    check_refused,
+    float64,
+    numpy_batch_norm,
+    numpy_prediction,
+    parameter_bytes,
+    step,
+    train_steps,
+)
 from mxnet import autograd, np
 from mxnet.gluon import nn
 
@@ -180,3 +191,98 @@ def test_lenet_container():
     assert type(models.lenet("gluon")) is type(models.lenet(None)) is nn.HybridSequential
     for norm in ("hybrid", "fast", lambda c, d: nn.BatchNorm(in_channels=c)):
         assert isinstance(models.lenet(norm), models.LayerwiseSequential)
+
+
+# -- bad input never corrupts a layer; one contract for every dtype ---------------------------
+
+# name: (class, hybridize)
+BLOCKS = {
+    "BatchNorm": (d2lbn.BatchNorm, False),
+    "HybridBatchNorm": (d2lbn.HybridBatchNorm, False),
+    "HybridBatchNorm-hybridized": (d2lbn.HybridBatchNorm, True),
+    "FastBatchNorm": (FastBatchNorm, False),
+    "FastBatchNorm-hybridized": (FastBatchNorm, True),
+    "Whitening": (Whitening, True),
+    "PITNorm": (PITNorm, True),
+}
+
+
+def make_block(name, dtype="float32"):
+    """A layer for (N, 3, H, W) input with ``dtype`` parameters, hybridized if its entry says so."""
+    cls, hybridize = BLOCKS[name]
+    bn = cls(3, num_dims=4)
+    bn.initialize()
+    if dtype != "float32":
+        bn.cast(dtype)
+    if hybridize:
+        bn.hybridize()
+    return bn
+
+
+BAD_INPUT = {
+    "empty batch": (lambda: batch((0, 3, 4, 4)), r"empty input of shape \(0, 3, 4, 4\)"),
+    "no positions": (lambda: batch((2, 3, 4, 0)), "empty input"),
+    "float64 input": (lambda: batch((2, 3, 4, 4)).astype("float64"),
+                      "parameters are float32 but the input is float64"),
+    # (the layers that cannot compute in float16 say so instead)
+    "float16 input": (lambda: batch((2, 3, 4, 4)).astype("float16"),
+                      "parameters are float32 but the input is float16"
+                      "|computes in float32 or float64, not float16"),
+    "1-D input": (lambda: batch((3,)), "expected 4-D input"),
+    "5 channels": (lambda: batch((2, 5, 4, 4)), r"3 channels.*got 5"),
+}
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["training", "prediction"])
+@pytest.mark.parametrize("case", BAD_INPUT)
+@pytest.mark.parametrize("name", BLOCKS)
+def test_bad_input_leaves_the_layer_as_it_was(name, case, training):
+    bn = make_block(name)
+    X = batch((4, 3, 4, 4))
+    step(bn, X, np.ones_like(X))  # statistics away from their initial values
+    make, match = BAD_INPUT[case]
+    # Refused before any statistic moves: every parameter the same, bit for bit
+    check_refused(bn, make(), match, training=training)
+    # (and the comparison would see a change: a good step still makes one)
+    before = parameter_bytes(bn)
+    step(bn, X + 1, np.ones_like(X))
+    assert parameter_bytes(bn) != before
+
+
+def test_empty_batch_no_longer_moves_the_statistics():
+    # The issue's case: moving_var went from 1 to 0.9 under a warning about
+    # "one value per channel"; now an error, no warning, no change
+    bn = d2lbn.BatchNorm(4, 2)
+    bn.initialize()
+    check_refused(bn, np.ones((0, 4)), "needs at least one value per channel")
+    onp.testing.assert_array_equal(bn.moving_var.data().asnumpy(), 1)
+
+
+LAYERS = ["BatchNorm", "HybridBatchNorm", "HybridBatchNorm-hybridized", "FastBatchNorm",
+          "FastBatchNorm-hybridized"]
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+@pytest.mark.parametrize("name", LAYERS)
+def test_each_dtype_is_honoured_or_refused(name, dtype):
+    bn = make_block(name, dtype)
+    shape = (4, 3, 5, 6)
+    X, head = batch(shape, 1).astype(dtype), batch(shape, 2).astype(dtype)
+    if BLOCKS[name][0] is FastBatchNorm and dtype == "float16":
+        check_refused(bn, X, "float32 or float64, not float16")
+        return
+    one, zero = onp.ones((1, 3, 1, 1)), onp.zeros((1, 3, 1, 1))
+    Y, dgamma, dbeta = step(bn, X, head)
+    want = numpy_batch_norm(*float64([X]), one, zero, zero, one, *float64([head]))
+    got = [Y, dgamma, dbeta, bn.moving_mean.data(), bn.moving_var.data()]
+    assert_close_in(dtype, got, [want[i] for i in (0, 2, 3, 4, 5)],
+                    names=["Y", "dgamma", "dbeta", "moving_mean", "moving_var"])
+    stats = float64([bn.moving_mean.data(), bn.moving_var.data()])
+    assert_close_in(dtype, [bn(X)], [numpy_prediction(*float64([X]), one, zero, *stats)])
+
+
+@pytest.mark.parametrize("name", ["Whitening", "PITNorm"])
+def test_whitening_refuses_float16(name):
+    # Built from matrix products, as fast is: MXNet has none in float16 on CPU
+    bn = make_block(name, "float16")
+    check_refused(bn, batch((4, 3, 2, 2)).astype("float16"), "float32 or float64, not float16")

@@ -309,6 +309,16 @@ def test_bad_input_raises(kind, shape):
         layer(np.ones(shape))
 
 
+@pytest.mark.parametrize("kind", BLOCKS)
+@pytest.mark.parametrize("shape", [(0, 6, 3, 3), (4, 6, 0, 3)], ids=str)
+def test_empty_input_raises(kind, shape):
+    # (MXNet's own error, before: a shape mismatch deep in the reshape)
+    layer = BLOCKS[kind](6, 4)
+    layer.initialize()
+    with pytest.raises(ValueError, match="empty input"):
+        layer(np.ones(shape))
+
+
 def test_bad_input_to_functions_raises():
     X = np.ones((4, 6, 3, 3))
     gamma, beta = np.ones((1, 6, 1, 1)), np.zeros((1, 6, 1, 1))

@@ -5,7 +5,7 @@ import math
 import mxnet as mx
 import numpy as onp
 import pytest
-from helpers import random_inputs
+from helpers import assert_close_in, batch, check_refused, parameter_bytes, random_inputs
 from mxnet import autograd, gluon, np
 from mxnet.gluon import nn
 
@@ -245,3 +245,51 @@ def test_lenet_trains_with_renorm():
     assert all(math.isfinite(v) for v in history.loss + history.test_acc)
     for p in net.collect_params().values():
         assert onp.isfinite(p.data().asnumpy()).all(), p.name
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_each_dtype_is_honoured(dtype):
+    inputs = [a.astype(dtype) for a in random_inputs((6, 3, 4, 4), seed=5)]
+    # (wide limits: no clipping, whose thresholds float16 could move)
+    got = run(batch_renorm, *inputs, r_max=1e3, d_max=1e3)
+    want, _, _ = numpy_renorm(*[a.asnumpy().astype("float64") for a in inputs], 1e3, 1e3)
+    assert_close_in(dtype, got, want, names=NAMES)
+
+
+def _bad(i, value):
+    args = random_inputs((4, 3, 2, 2))[:5]
+    return args[:i] + [value] + args[i + 1:]
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["training", "prediction"])
+@pytest.mark.parametrize("args, match", [
+    (lambda: _bad(0, np.ones((0, 3, 2, 2))), "empty input"),
+    (lambda: _bad(0, np.ones((4,))), "1-D"),
+    (lambda: _bad(1, np.ones((1, 5, 1, 1))), "gamma must have shape"),
+    (lambda: _bad(4, np.ones((1, 3, 1, 1), dtype="float64")), "moving_var is float64"),
+], ids=["empty", "1-D", "gamma", "dtype"])
+def test_bad_arguments_are_refused_up_front(args, match, training):
+    with pytest.raises(ValueError, match=match):
+        with autograd.record(train_mode=training):
+            batch_renorm(*args(), EPS, MOMENTUM, r_max=2.0, d_max=1.0)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["training", "prediction"])
+@pytest.mark.parametrize("X, match", [
+    (lambda: batch((0, 3, 2, 2)), "empty input"),
+    (lambda: batch((4, 3, 2, 2)).astype("float64"), "parameters are float32 but the input"),
+    (lambda: batch((4, 5, 2, 2)), r"3 channels.*got 5"),
+], ids=["empty", "float64", "channels"])
+def test_bad_input_leaves_the_layer_as_it_was(X, match, training):
+    bn = BatchRenorm(3, 4, warmup_start=0, warmup_ramp=1)
+    bn.initialize()
+    good = batch((4, 3, 2, 2))
+    with autograd.record():
+        bn(good)
+    # Statistics and step count, bit for bit
+    check_refused(bn, X(), match, training=training)
+    assert bn.step == 1
+    before = parameter_bytes(bn)
+    with autograd.record():
+        bn(good + 1)
+    assert parameter_bytes(bn) != before

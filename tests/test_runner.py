@@ -105,7 +105,7 @@ lab.record("{stem}", runs);
 """
 
 
-def test_parallel_run_equals_sequential_and_respects_loads(out, tmp_path):
+def test_parallel_run_equals_sequential_and_respects_loads(out, tmp_path, capsys):
     first = tiny_notebook(tmp_path / "01_a.ipynb", TRAIN.format(seed=0, stem="01_a"))
     # 02 reads 01's records, so it starts only once 01 has finished
     second = tiny_notebook(tmp_path / "02_b.ipynb", TRAIN.format(seed=1, stem="02_b"),
@@ -121,8 +121,18 @@ def test_parallel_run_equals_sequential_and_respects_loads(out, tmp_path):
             entry.pop("examples_per_sec")
         figures.append(entries)
     assert figures[0] == figures[1]
+    log = capsys.readouterr().out
+    assert log.index("started 02_b") > log.index("finished 01_a")
     assert figures[0][0]["runs"][0]["loss"] != figures[0][1]["runs"][0]["loss"]
     assert nbformat.read(second, as_version=4).cells[1].outputs[0].data["text/plain"] == "2"
+
+
+def test_notebooks_start_in_schedule_order(out, tmp_path, capsys):
+    paths = [tiny_notebook(tmp_path / f"0{i}_n.ipynb", "1") for i in range(1, 5)]
+    runner.run_all(paths, jobs=1)
+    log = capsys.readouterr().out
+    starts = [log.index(f"started 0{i}_n") for i in range(1, 5)]
+    assert starts == sorted(starts)  # no recorded times: the order given
 
 
 def test_schedule_runs_the_longest_chain_first(tmp_path):

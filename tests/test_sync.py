@@ -3,16 +3,20 @@
 import mxnet as mx
 import numpy as onp
 import pytest
+from helpers import assert_close_in, check_refused, parameter_bytes
 from mxnet import autograd, gluon, np
 from mxnet.gluon import nn
 
 import d2lbn
+from d2lbn import models
 from d2lbn.sync import (
     PerShard,
+    ShardedSequential,
     SyncBatchNorm,
     all_reduce,
     gather,
     per_device_batch_norm,
+    sharded,
     split_and_load,
     sync_batch_norm,
 )
@@ -231,3 +235,128 @@ def test_contrib_sync_batch_norm_refuses_numpy_arrays():
     bn.initialize()
     with pytest.raises(TypeError, match="legacy"):
         bn(np.ones((2, 3, 4, 4)))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+@pytest.mark.parametrize("fn", [sync_batch_norm, per_device_batch_norm],
+                         ids=["sync", "per-device"])
+def test_each_dtype_is_honoured_or_refused(fn, dtype):
+    shape = (8, 3, 2, 2)
+    X = sorted_batch(shape).astype(dtype)
+    gamma, beta = onp.linspace(0.5, 2, 3).reshape(1, 3, 1, 1), onp.zeros((1, 3, 1, 1))
+    per_shard = [[np.array(a, dtype=dtype, ctx=ctx) for ctx in CTXS]
+                 for a in (gamma, beta, onp.zeros_like(gamma), onp.ones_like(gamma))]
+    Xs = split_and_load(np.array(X), CTXS)
+    if fn is sync_batch_norm and dtype == "float16":
+        # Its sums would overflow float16 on a real batch: refused
+        with pytest.raises(ValueError, match="float32 or float64, not float16"):
+            with autograd.train_mode():
+                fn(Xs, *per_shard, eps=1e-5, momentum=0.9)
+        return
+    with autograd.train_mode():
+        Ys, means, variances = fn(Xs, *per_shard, eps=1e-5, momentum=0.9)
+    # Synchronized: the whole batch's statistics; per device: each half's
+    halves = [X] * 2 if fn is sync_batch_norm else [X[:4], X[4:]]
+    want = [numpy_bn(half, gamma, beta, onp.zeros(half.shape)) for half in halves]
+    Y = onp.concatenate([w[0] for w in want]) if fn is per_device_batch_norm else want[0][0]
+    assert_close_in(dtype, [gather(Ys, CTXS[0])] + means + variances,
+                    [Y] + [0.1 * w[4].reshape(1, 3, 1, 1) for w in want]
+                    + [0.9 + 0.1 * w[5].reshape(1, 3, 1, 1) for w in want])
+
+
+def test_shards_are_checked_up_front():
+    one = [np.ones((1, 3, 1, 1), ctx=ctx) for ctx in CTXS]
+    shards = [np.ones((2, 3, 4, 4), ctx=ctx) for ctx in CTXS]
+    wrong = [one[0], np.ones((1, 5, 1, 1), ctx=CTXS[1])]
+    with pytest.raises(ValueError, match=r"gamma must have shape \(1, 3, 1, 1\)"):
+        sync_batch_norm(shards, wrong, one, one, one, eps=1e-5, momentum=0.9)
+    with pytest.raises(ValueError, match="gamma is float32 but the input is float64"):
+        sync_batch_norm([X.astype("float64") for X in shards], one, one, one, one, 1e-5, 0.9)
+    with pytest.raises(ValueError, match="empty input"):
+        per_device_batch_norm([shards[0], np.ones((2, 3, 0, 4), ctx=CTXS[1])], one, one, one,
+                              one, 1e-5, 0.9)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["training", "prediction"])
+@pytest.mark.parametrize("shapes, dtype, match", [
+    ([(2, 3, 4, 4), (2, 3, 0, 4)], "float32", "empty input"),
+    ([(2, 3, 4, 4), (2, 3, 4, 4)], "float64", "parameters are float32 but the input is float64"),
+    ([(2, 5, 4, 4), (2, 5, 4, 4)], "float32", r"3 channels.*got 5"),
+    ([(2, 3, 4, 4), (2, 3, 4, 4)], "float16", "float32 but the input is float16"),
+], ids=["no positions", "float64", "channels", "float16"])
+@pytest.mark.parametrize("sync", [True, False], ids=["sync", "per-device"])
+def test_bad_input_leaves_the_layer_as_it_was(sync, shapes, dtype, match, training):
+    bn = SyncBatchNorm(3, 4, sync=sync)
+    bn.initialize(ctx=CTXS)
+    good = [np.array(sorted_batch((2, 3, 4, 4), i), ctx=ctx) for i, ctx in enumerate(CTXS)]
+    with autograd.record():
+        bn(good)
+    bad = [np.ones(shape, dtype=dtype, ctx=ctx) for shape, ctx in zip(shapes, CTXS)]
+    # The statistics on both contexts, bit for bit
+    check_refused(bn, bad, match, training=training)
+    before = parameter_bytes(bn)
+    with autograd.record():
+        bn([X + 1 for X in good])
+    assert parameter_bytes(bn) != before
+
+
+def test_reduce_names_what_it_sums_and_may_span_more_shards():
+    """The hook that d2lbn.dist fills: counts, sums and squares, each under the layer's name."""
+    X = sorted_batch((8, 3, 2, 2))
+    head = sorted_batch((8, 3, 2, 2), 10)
+    tags = []
+
+    def twice(arrays, tag):
+        # As if a second process held the same shards: every total doubles,
+        # counts with them, so the statistics (and the outputs) stay the same;
+        # were the count left out, the means would double
+        tags.append(tag)
+        return [2 * s for s in all_reduce(arrays)]
+
+    plain, doubled = SyncBatchNorm(3, 4), SyncBatchNorm(3, 4, reduce=twice)
+    for bn in (plain, doubled):
+        bn.initialize(ctx=CTXS)
+    (Y, dX), (Y2, dX2) = (shard_step(bn, X, head, [5, 3]) for bn in (plain, doubled))
+    assert tags == [f"{doubled.name}/{t}" for t in ("count", "sum", "square")]
+    onp.testing.assert_allclose(Y2, Y, **TOL)
+    onp.testing.assert_allclose(dX2, dX, **TOL)
+    doubled(split_and_load(np.array(X), CTXS))  # prediction: no reduction
+    assert len(tags) == 3
+
+
+def test_sharded_swaps_bn_for_sync_bn_and_shares_the_other_layers():
+    net = models.lenet("scratch")
+    shards = sharded(net, sync=False)
+    assert isinstance(shards, ShardedSequential) and len(shards) == len(net)
+    for old, new in zip(net, shards):
+        if isinstance(old, d2lbn.BatchNorm):
+            assert isinstance(new, SyncBatchNorm) and not new.sync
+            assert (new.num_features, new.num_dims, new.eps, new.momentum) == (
+                old.num_features, old.num_dims, old.eps, old.momentum)
+        else:
+            assert isinstance(new, PerShard) and new.block is old
+    shards.initialize(ctx=CTXS)
+    Ys = shards(split_and_load(np.array(sorted_batch((6, 1, 28, 28))), CTXS))
+    assert [Y.shape for Y in Ys] == [(3, 10), (3, 10)]
+    with pytest.raises(ValueError, match="Gluon"):
+        sharded(models.lenet("gluon"))
+    with pytest.raises(ValueError, match="normalises fully"):
+        sharded(models.lenet(lambda c, d: d2lbn.BatchNorm(c, d, normalize="mean")))
+
+
+def test_sync_layer_refuses_float16_per_device_takes_it():
+    for sync in (True, False):
+        bn = SyncBatchNorm(3, 4, sync=sync)
+        bn.initialize(ctx=CTXS)
+        bn.cast("float16")
+        Xs = [np.array(sorted_batch((2, 3, 4, 4), i), dtype="float16", ctx=ctx)
+              for i, ctx in enumerate(CTXS)]
+        if sync:
+            check_refused(bn, Xs, "float32 or float64, not float16")
+            continue
+        with autograd.record():
+            Ys = bn(Xs)
+        for X, Y in zip(Xs, Ys):
+            want = numpy_bn(X.asnumpy(), onp.ones((1, 3, 1, 1)), onp.zeros((1, 3, 1, 1)),
+                            onp.zeros(X.shape))[0]
+            assert_close_in("float16", [Y], [want])

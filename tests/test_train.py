@@ -5,8 +5,10 @@ import numpy as onp
 import pytest
 from helpers import synthetic_iters
 
-from d2lbn import models, train
+from d2lbn import models, sync, train
 from d2lbn.lab import mode
+
+DEVICES = [mx.cpu(0), mx.cpu(1)]  # two CPU contexts stand in for two GPUs
 
 
 @pytest.mark.parametrize("norm", ["scratch", "gluon"])
@@ -74,3 +76,69 @@ def test_step_batches_cycles_and_stops():
     assert list(train.step_batches(data, 0, mx.cpu())) == []
     with pytest.raises(ValueError, match="no batches"):
         list(train.step_batches([], 1, mx.cpu()))
+
+
+# -- several devices in one process ---------------------------------------------------------------
+
+def parameters(net):
+    return [p.data().asnumpy() for p in net.collect_params().values()]
+
+
+@pytest.mark.parametrize("norm", ["scratch", "gluon"])
+def test_a_one_device_list_trains_exactly_as_that_device(norm):
+    train_iter, test_iter = synthetic_iters(n=240)
+    nets = [models.lenet(norm), models.lenet(norm)]
+    a = train.train(nets[0], train_iter, test_iter, 2, 1.0, device=mx.cpu(), seed=3, quiet=True,
+                    animate=False)
+    b = train.train(nets[1], train_iter, test_iter, 2, 1.0, devices=[mx.cpu()], seed=3,
+                    quiet=True, animate=False)
+    for key in ("lr", "batch_size", "num_epochs", "seed", "device", "loss", "train_acc",
+                "test_acc"):
+        assert getattr(a, key) == getattr(b, key)
+    for x, y in zip(parameters(nets[0]), parameters(nets[1])):
+        onp.testing.assert_array_equal(x, y)
+
+
+def steps_on(devices, norm, shard=False, n=3):
+    """``train.sgd_steps`` of a fresh LeNet on ``n`` fixed batches of 32: losses, parameters."""
+    train_iter, _ = synthetic_iters()
+    batches = list(mx.gluon.data.DataLoader(train_iter._dataset, 32))[:n]
+    train.seed_all(0)
+    net = sync.sharded(models.lenet(norm)) if shard else models.lenet(norm)
+    net.initialize(mx.init.Xavier(), ctx=devices)
+    return train.sgd_steps(net, batches, 0.9, devices=devices), parameters(net)
+
+
+@pytest.mark.parametrize("norm, shard", [(None, False), ("scratch", True)],
+                         ids=["no BN", "synchronized BN"])
+def test_two_devices_step_like_one_device_on_the_whole_batch(norm, shard):
+    (losses, params), (want_losses, want_params) = (steps_on(DEVICES, norm, shard),
+                                                    steps_on([mx.cpu()], norm))
+    onp.testing.assert_allclose(losses, want_losses, rtol=1e-5)
+    for got, want in zip(params, want_params):
+        onp.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_bn_per_device_is_not_bn_of_the_whole_batch():
+    per_device, whole = steps_on(DEVICES, "scratch")[0], steps_on([mx.cpu()], "scratch")[0]
+    assert onp.abs(onp.subtract(per_device, whole)).max() > 1e-2
+
+
+def test_train_on_two_devices_learns_and_names_them():
+    train_iter, test_iter = synthetic_iters()
+    for net in (models.lenet("gluon"), sync.sharded(models.lenet("scratch"))):
+        h = train.train(net, train_iter, test_iter, 2, 1.0, devices=DEVICES, seed=3,
+                        animate=False, quiet=True)
+        assert h.device == "cpu(0), cpu(1)" and h.batch_size == 32
+        assert h.test_acc[-1] > 0.9
+        for p in net.collect_params().values():
+            assert p.list_ctx() == DEVICES
+
+
+def test_bad_devices():
+    train_iter, test_iter = synthetic_iters(n=60)
+    for kwargs, match in [({"device": mx.cpu(), "devices": DEVICES}, "not both"),
+                          ({"devices": []}, "non-empty"),
+                          ({"devices": [mx.cpu(0), mx.cpu(0)]}, "distinct")]:
+        with pytest.raises(ValueError, match=match):
+            train.train(models.lenet(), train_iter, test_iter, 1, 1.0, **kwargs)

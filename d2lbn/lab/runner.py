@@ -245,8 +245,13 @@ async def _run(paths, jobs, server, staging, recorded):
               f"{', '.join(s[:2] for s in running) or 'none'}, about {left / 60:.0f} min left "
               f"({(now - t0) / 60:.0f} min so far)", flush=True)
 
+    def ready(p: Path) -> bool:
+        return p.stem not in started and all(d in wall for d in deps[p.stem])
+
     async def one(path: Path) -> None:
-        while not all(d in wall for d in deps[path.stem]) or not server.try_acquire():
+        # In schedule order: a token goes to the first notebook that may start
+        while (next((p for p in order if ready(p)), None) != path
+               or not server.try_acquire()):
             if failed:
                 return
             await asyncio.sleep(0.2)
