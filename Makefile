@@ -1,5 +1,6 @@
 # d2lbn: `make run` executes every notebook in full mode; `make test` tests everything.
-# Both create .venv from $(PYTHON) when it is missing or pyproject.toml changed.
+# Both create .venv from $(PYTHON) when it is missing or pyproject.toml changed; pip refuses a
+# Python that pyproject.toml's requires-python excludes.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -11,9 +12,28 @@ export OMP_NUM_THREADS = 1
 # nbval on the committed notebooks, in quick mode, a notebook's cells on one worker
 # (conftest.py groups a notebook with the one whose records it loads)
 NBVAL_CMD := D2LBN_QUICK=1 D2LBN_JOBS=1 $(PY) -m pytest notebooks --nbval --nbval-current-env \
-	-n $(JOBS) --dist loadgroup -q
+	-q
 
-.PHONY: help run test unit nbval lint data bench venv clean-venv
+# More Pythons for `make test`: each one installed gets a cached CPU venv, .venv-3.X, and runs
+# the unit tests and notebooks 01-03 in quick mode; one not installed is skipped.
+PYTHONS ?= 3.12 3.13
+QUICK_NBS = $(wildcard notebooks/0[123]_*.ipynb)
+SKIP_MESSAGE = test-python-$*: skipped, no python$* runs here (on PATH or among pyenv's versions)
+# python3.X that runs: on PATH, else among pyenv's versions (its shims run only selected ones)
+find-python = $(firstword $(foreach p,python$(1) \
+	$(wildcard $(shell pyenv root 2>/dev/null)/versions/$(1).*/bin/python$(1)),\
+	$(shell $(p) -c 'import sys; print(sys.executable)' 2>/dev/null)))
+# d2l pins numpy==1.23.5, which has no wheel for Python 3.12+ (d2l-en#2608), and mxnet numpy<2,
+# none for 3.13: there they go in without their dependencies, which pyproject.toml lists
+NO_DEPS_cpu := "d2l==1.0.3; python_version >= '3.12'" "mxnet==1.9.1; python_version >= '3.13'"
+NO_DEPS_gpu := "d2l==1.0.3; python_version >= '3.12'" \
+	"mxnet-cu112==1.9.1; python_version >= '3.13'"
+# The CPU wheel unless an NVIDIA GPU that mxnet-cu112 supports is present
+VARIANT = $(shell $(PYTHON) d2lbn/setup_env.py variant)
+# Opt-in GPU install check (not in CI: about 2 GB), in a scratch venv
+GPU_CHECK ?= /tmp/d2lbn-gpu-check
+
+.PHONY: help run test unit nbval lint data bench venv clean-venv test-pythons check-gpu-install
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -42,16 +62,53 @@ bench: $(READY) data  ## benchmark BN implementations, write results/bench.json
 
 venv: $(READY)  ## create or update .venv
 
-# The CPU wheel unless an NVIDIA GPU that mxnet-cu112 supports is present
+# $(call make-venv,PYTHON,VENV,VARIANT): VENV made by PYTHON (anew if another Python made it),
+# d2lbn editable with the variant's and the test extras, and the hook's .pth, which readies
+# numpy and pip's CUDA libraries whenever mxnet is imported there
+define make-venv
+	@[ "$$($(2)/bin/python -V 2>&1)" = "$$($(1) -V 2>&1)" ] || $(1) -m venv --clear $(2)
+	@echo '*' > $(2)/.gitignore
+	$(2)/bin/python -m pip install -q --upgrade pip
+	$(2)/bin/python -m pip install -q -e ".[$(3),test]"
+	$(2)/bin/python -m pip install -q --no-deps $(NO_DEPS_$(3))
+	$(2)/bin/python -m d2lbn_mxnet_hook
+	@touch $(2)/.ready
+endef
+
 $(READY): pyproject.toml d2lbn/setup_env.py
-	@$(PYTHON) d2lbn/setup_env.py check-python
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PYTHON) d2lbn/setup_env.py requirements \
-		$$($(PYTHON) d2lbn/setup_env.py variant) > $(VENV)/requirements.txt
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r $(VENV)/requirements.txt
-	$(PY) -m pip install -q --no-deps -e .
-	@touch $@
+	$(call make-venv,$(PYTHON),$(VENV),$(VARIANT))
+
+test-pythons: $(addprefix test-python-,$(PYTHONS))  ## unit tests, notebooks 01-03 (quick) under PYTHONS
+
+test-python-%: PYTHON_X = $(call find-python,$*)
+test-python-%: data
+	@$(if $(PYTHON_X),$(MAKE) --no-print-directory .venv-$*/.ready,echo "$(SKIP_MESSAGE)")
+	$(if $(PYTHON_X),.venv-$*/bin/python -m pytest tests -q -n $(JOBS))
+	$(if $(PYTHON_X),D2LBN_QUICK=1 D2LBN_JOBS=1 .venv-$*/bin/python -m pytest $(QUICK_NBS) \
+		--nbval --nbval-current-env -n $(JOBS) --dist loadgroup -q)
+
+.venv-%/.ready: pyproject.toml d2lbn/setup_env.py
+	$(call make-venv,$(call find-python,$*),.venv-$*,cpu)
+
+# The gpu variant, imported against a stub driver: libcuda.so.1 exporting the driver functions
+# libmxnet.so links, which fail. Every other library must come from pip's nvidia wheels.
+check-gpu-install:  ## install the gpu variant in GPU_CHECK, import mxnet against a stub libcuda
+	$(call make-venv,$(PYTHON),$(GPU_CHECK),gpu)
+	mkdir -p $(GPU_CHECK)/stub
+	nm -D --undefined-only $(GPU_CHECK)/lib/python3*/site-packages/mxnet/libmxnet.so \
+		| awk '$$2 ~ /^cu[A-Z]/ { print "int " $$2 "(void) { return 100; }" }' \
+		| gcc -shared -fPIC -x c -o $(GPU_CHECK)/stub/libcuda.so.1 -
+	LD_LIBRARY_PATH=$(GPU_CHECK)/stub $(GPU_CHECK)/bin/python -c "$$GPU_CHECK_PY"
+
+# What the stub check prints: each CUDA library mapped into the process, then MXNet's features
+define GPU_CHECK_PY
+import mxnet, d2lbn_mxnet_hook as hook
+libs = (*hook.CUDA_LIBS, 'libcuda.so.1', 'libmxnet.so')
+maps = {line.split()[-1] for line in open('/proc/self/maps') if line.rstrip().endswith(libs)}
+print(*sorted(maps, key=lambda path: path.rsplit('/', 1)[1]), sep='\n')
+print('mxnet', mxnet.__version__, mxnet.runtime.Features())
+endef
+export GPU_CHECK_PY
 
 clean-venv:  ## remove .venv
 	rm -rf $(VENV)

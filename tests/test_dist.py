@@ -17,8 +17,9 @@ from mxnet import autograd, gluon, np
 
 from d2lbn import dist, models, sync, train
 
-# Seconds for one run: four processes import MXNet, on a machine that may be busy
-TIMEOUT = 120
+# A guard against hangs, not a speed limit: a run takes 10 to 15 s on an idle 2-core
+# machine, but starting four MXNet processes on a busy one can take minutes
+TIMEOUT = 600
 TOL = dict(rtol=1e-4, atol=1e-5)
 
 
@@ -202,11 +203,9 @@ def _early_exit_job(how):
                                           ("exit", "exited without error, but only 0 left")],
                          ids=["raises", "exits quietly"])
 def test_a_worker_that_dies_fails_the_run_at_once(how, message):
-    tic = time.monotonic()
+    # The message is the watch's, not the timeout's; the others were stopped and reaped
     with pytest.raises(dist.WorkerError, match=f"(?s){message}"):
         dist.launch(_early_exit_job, 2, timeout=TIMEOUT, how=how)
-    # Detected by polling, not by the timeout; the others were stopped and reaped
-    assert time.monotonic() - tic < TIMEOUT / 2
     assert children() == []
 
 
