@@ -85,7 +85,7 @@ test-python-%: data
 	@$(if $(PYTHON_X),$(MAKE) --no-print-directory .venv-$*/.ready,echo "$(SKIP_MESSAGE)")
 	$(if $(PYTHON_X),.venv-$*/bin/python -m pytest tests -q -n $(JOBS))
 	$(if $(PYTHON_X),D2LBN_QUICK=1 D2LBN_JOBS=1 .venv-$*/bin/python -m pytest $(QUICK_NBS) \
-		--nbval --nbval-current-env -n $(JOBS) --dist loadgroup -q)
+		--nbval --nbval-current-env -q)
 
 .venv-%/.ready: pyproject.toml d2lbn/setup_env.py
 	$(call make-venv,$(call find-python,$*),.venv-$*,cpu)
