@@ -1,16 +1,15 @@
 """Inputs and checks shared by the tests of the chapter's other normalising transforms."""
 
+import mxnet as mx
 import numpy as onp
+from helpers import batch, train_steps
 from mxnet import autograd, np
+
+from d2lbn import models
 
 EPS, MOMENTUM = 1e-5, 0.9
 # float32 results against the float64 reference, on outputs of unit scale
 TOL32 = dict(rtol=2e-4, atol=2e-4)
-
-
-def param_shape(shape):
-    """(1, C, 1, ...): the shape of per-channel parameters for input of ``shape``."""
-    return (1, shape[1]) + (1,) * (len(shape) - 2)
 
 
 def correlated(shape, seed=0):
@@ -72,3 +71,40 @@ def check_gradients(fn, X, gamma, beta, head, rtol=1e-6, atol=1e-7):
                    np.array(head, dtype="float64"))[1:]
     for name, g, w in zip(["dX", "dgamma", "dbeta"], got, numeric_grads(loss, [X, gamma, beta])):
         onp.testing.assert_allclose(g, w, rtol=rtol, atol=atol, err_msg=name)
+
+
+def block_diag(blocks):
+    """The (G * g, G * g) matrix with the (G, g, g) ``blocks`` on its diagonal."""
+    G, g, _ = blocks.shape
+    M = onp.zeros((G * g, G * g))
+    for i, B in enumerate(blocks):
+        M[i * g:(i + 1) * g, i * g:(i + 1) * g] = B
+    return M
+
+
+def inv_sqrt_eigh(Sigma):
+    """Sigma^{-1/2} of a symmetric positive-definite matrix, by eigendecomposition."""
+    w, V = onp.linalg.eigh(Sigma)
+    return V @ onp.diag(w ** -0.5) @ V.T
+
+
+def initialized_lenet(make):
+    """LeNet with ``make`` as its norm layers, initialised."""
+    net = models.lenet(make)
+    net.initialize(mx.init.Xavier())
+    return net
+
+
+def check_lenet_round_trip(net, make, tmp_path):
+    """Two hybridized steps move the statistics; a saved and reloaded copy predicts the same."""
+    net.hybridize()
+    train_steps(net, n=2)
+    assert not onp.allclose(net[1].moving_mean.data().asnumpy(), 0)  # statistics moved
+    path = str(tmp_path / "lenet.params")
+    net.save_parameters(path)
+    clone = models.lenet(make)
+    clone.load_parameters(path)
+    X = batch((5, 1, 28, 28), 42)
+    Y = clone(X).asnumpy()
+    assert onp.isfinite(Y).all()
+    onp.testing.assert_allclose(Y, net(X).asnumpy(), rtol=1e-5, atol=1e-6)

@@ -3,20 +3,22 @@
 import mxnet as mx
 import numpy as onp
 import pytest
-from helpers import batch, check_hybridized_equals_imperative, train_steps
+from helpers import check_hybridized_equals_imperative, param_shape
 from mxnet import autograd, np
 from norm_refs import (
     EPS,
     MOMENTUM,
     TOL32,
+    block_diag,
     channel_major,
     check_gradients,
+    check_lenet_round_trip,
     correlated,
     from_channel_major,
-    param_shape,
+    initialized_lenet,
+    inv_sqrt_eigh,
 )
 
-from d2lbn import models
 from d2lbn.compact import (
     LowRankWhitening,
     MonarchWhitening,
@@ -30,19 +32,6 @@ from d2lbn.compact import (
 )
 
 SHAPES = [(64, 6), (8, 6, 4, 4), (6, 6, 5)]
-
-
-def inv_sqrt_eigh(S):
-    w, V = onp.linalg.eigh(S)
-    return V @ onp.diag(w ** -0.5) @ V.T
-
-
-def block_diag(blocks):
-    G, g, _ = blocks.shape
-    M = onp.zeros((G * g, G * g))
-    for i, B in enumerate(blocks):
-        M[i * g:(i + 1) * g, i * g:(i + 1) * g] = B
-    return M
 
 
 def moments(X):
@@ -399,19 +388,7 @@ def test_hybridized_equals_imperative(shape, name):
 
 @pytest.mark.parametrize("name", MAKERS)
 def test_lenet_trains_and_round_trips(tmp_path, name):
-    net = models.lenet(MAKERS[name])
-    net.initialize(mx.init.Xavier())
-    net.hybridize()
-    train_steps(net, n=2)
-    assert not onp.allclose(net[1].moving_mean.data().asnumpy(), 0)  # statistics moved
-    path = str(tmp_path / "lenet.params")
-    net.save_parameters(path)
-    clone = models.lenet(MAKERS[name])
-    clone.load_parameters(path)
-    X = batch((5, 1, 28, 28), 42)
-    Y = clone(X).asnumpy()
-    assert onp.isfinite(Y).all()
-    onp.testing.assert_allclose(Y, net(X).asnumpy(), rtol=1e-5, atol=1e-6)
+    check_lenet_round_trip(initialized_lenet(MAKERS[name]), MAKERS[name], tmp_path)
 
 
 def test_cost_counts_parameters_against_dense():

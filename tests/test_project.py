@@ -1,20 +1,26 @@
 """Cone projections after BN, and BN with statistics shared across a symmetry group's orbits."""
 
-import mxnet as mx
 import numpy as onp
 import pytest
 from helpers import (
-    batch,
     check_hybridized_equals_imperative,
     numpy_batch_norm,
     numpy_prediction,
-    train_steps,
+    param_shape,
 )
 from mxnet import autograd, np, npx
-from norm_refs import EPS, MOMENTUM, TOL32, check_gradients, correlated, param_shape, recorded
+from norm_refs import (
+    EPS,
+    MOMENTUM,
+    TOL32,
+    check_gradients,
+    check_lenet_round_trip,
+    correlated,
+    initialized_lenet,
+    recorded,
+)
 
 import d2lbn
-from d2lbn import models
 from d2lbn.project import (
     ConeBatchNorm,
     OrbitBatchNorm,
@@ -311,16 +317,4 @@ def test_hybridized_equals_imperative(shape, name):
 
 @pytest.mark.parametrize("name", MAKERS)
 def test_lenet_trains_and_round_trips(tmp_path, name):
-    net = models.lenet(MAKERS[name])
-    net.initialize(mx.init.Xavier())
-    net.hybridize()
-    train_steps(net, n=2)
-    assert not onp.allclose(net[1].moving_mean.data().asnumpy(), 0)
-    path = str(tmp_path / "lenet.params")
-    net.save_parameters(path)
-    clone = models.lenet(MAKERS[name])
-    clone.load_parameters(path)
-    X = batch((5, 1, 28, 28), 42)
-    Y = clone(X).asnumpy()
-    assert onp.isfinite(Y).all()
-    onp.testing.assert_allclose(Y, net(X).asnumpy(), rtol=1e-5, atol=1e-6)
+    check_lenet_round_trip(initialized_lenet(MAKERS[name]), MAKERS[name], tmp_path)

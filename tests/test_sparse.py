@@ -10,10 +10,11 @@ from helpers import (
     check_hybridized_equals_imperative,
     numpy_batch_norm,
     numpy_prediction,
+    param_shape,
     train_steps,
 )
 from mxnet import autograd, gluon, np
-from norm_refs import EPS, MOMENTUM, TOL32, check_gradients, correlated, param_shape, recorded
+from norm_refs import EPS, MOMENTUM, TOL32, check_gradients, correlated, recorded
 
 from d2lbn import models
 from d2lbn.sparse import (

@@ -3,14 +3,25 @@
 import math
 import warnings
 
-import mxnet as mx
 import numpy as onp
 import pytest
-from helpers import batch, check_hybridized_equals_imperative, train_steps
+from helpers import batch, check_hybridized_equals_imperative, param_shape
 from mxnet import autograd, np, npx
 from mxnet.gluon import nn
+from norm_refs import (
+    EPS,
+    MOMENTUM,
+    TOL32,
+    block_diag,
+    channel_major,
+    check_gradients,
+    check_lenet_round_trip,
+    correlated,
+    initialized_lenet,
+    inv_sqrt_eigh,
+    recorded,
+)
 
-from d2lbn import models
 from d2lbn.whiten import (
     PITNorm,
     Whitening,
@@ -20,26 +31,9 @@ from d2lbn.whiten import (
     zca_whiten,
 )
 
-EPS, MOMENTUM = 1e-5, 0.9
 # Newton-Schulz steps for the value tests: on the inputs below (covariance
 # eigenvalues within a factor of about 4) 10 steps converge to float64 precision
 ITERS = 10
-# float32 results against the float64 reference, on outputs of unit scale
-TOL32 = dict(rtol=2e-4, atol=2e-4)
-
-
-def param_shape(shape):
-    return (1, shape[1]) + (1,) * (len(shape) - 2)
-
-
-def correlated(shape, seed=0):
-    """Input whose channels are correlated, with covariance eigenvalues in about [1, 4]."""
-    rng = onp.random.default_rng(seed)
-    C = shape[1]
-    Q, _ = onp.linalg.qr(rng.normal(size=(C, C)))
-    mix = Q @ onp.diag(rng.uniform(1, 2, size=C)) @ Q.T
-    Z = onp.moveaxis(rng.normal(size=shape), 1, -1) @ mix + rng.normal(0, 3, size=C)
-    return onp.moveaxis(Z, -1, 1)
 
 
 def params(shape, g, seed=1, dtype="float64"):
@@ -49,23 +43,6 @@ def params(shape, g, seed=1, dtype="float64"):
     mw = onp.eye(g) + 0.1 * rng.normal(size=(C // g, g, g))
     arrays = [rng.uniform(0.5, 2, size=ps), rng.normal(size=ps), rng.normal(size=ps), mw]
     return [a.astype(dtype) for a in arrays]
-
-
-def channel_major(X):
-    return onp.moveaxis(X, 1, 0).reshape(X.shape[1], -1)
-
-
-def block_diag(blocks):
-    G, g, _ = blocks.shape
-    M = onp.zeros((G * g, G * g))
-    for i, B in enumerate(blocks):
-        M[i * g:(i + 1) * g, i * g:(i + 1) * g] = B
-    return M
-
-
-def inv_sqrt_eigh(Sigma):
-    w, V = onp.linalg.eigh(Sigma)
-    return V @ onp.diag(w ** -0.5) @ V.T
 
 
 def numpy_zca(X, gamma, beta, mm, mw, training=True):
@@ -165,17 +142,6 @@ def test_groups_are_whitened_separately():
                                 atol=1e-5)
 
 
-def recorded(fn, arrays, head, training=True):
-    """Output and gradients of ``fn`` at ``arrays``; the first three get gradients."""
-    arrays = [a.copy() for a in arrays]
-    for a in arrays[:3]:
-        a.attach_grad()
-    with autograd.record(train_mode=training):
-        Y = fn(*arrays)[0]
-    Y.backward(head)
-    return [Y.asnumpy()] + [a.grad.asnumpy() for a in arrays[:3]]
-
-
 @pytest.mark.parametrize("shape", [(16, 5), (4, 5, 3, 3)], ids=str)
 def test_group_size_one_is_batch_norm(shape):
     X, head = batch(shape, 0), batch(shape, 1)
@@ -207,36 +173,6 @@ def test_prediction_uses_moving_statistics(shape):
     onp.testing.assert_allclose(Y, numpy_zca(X, *args, training=False)[0], **TOL32)
     # Each example on its own: no batch statistics involved
     onp.testing.assert_allclose(ours(X[:1], *args, training=False)[0], Y[:1], **TOL32)
-
-
-def numeric_grads(f, arrays, h=1e-6):
-    """Central differences of the scalar ``f(*arrays)`` with respect to each array."""
-    grads = []
-    for a in arrays:
-        grad = onp.zeros_like(a)
-        for idx in onp.ndindex(a.shape):
-            old = a[idx]
-            a[idx] = old + h
-            up = f(*arrays)
-            a[idx] = old - h
-            down = f(*arrays)
-            a[idx] = old
-            grad[idx] = (up - down) / (2 * h)
-        grads.append(grad)
-    return grads
-
-
-def check_gradients(fn, X, gamma, beta, head):
-    """dX, dgamma, dbeta of ``fn`` in float64 against central differences of the loss."""
-    def loss(X, gamma, beta):
-        with autograd.train_mode():
-            Y = fn(np.array(X), np.array(gamma), np.array(beta))[0]
-        return float((Y.asnumpy() * head).sum())
-
-    got = recorded(fn, [np.array(a, dtype="float64") for a in (X, gamma, beta)],
-                   np.array(head, dtype="float64"))[1:]
-    for name, g, w in zip(["dX", "dgamma", "dbeta"], got, numeric_grads(loss, [X, gamma, beta])):
-        onp.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7, err_msg=name)
 
 
 @pytest.mark.parametrize("shape, g", [((5, 4), 4), ((2, 4, 2, 2), 2)], ids=str)
@@ -283,22 +219,11 @@ def test_block_bookkeeping_and_moving_statistics():
                                                          else c),
                                   lambda c, d: PITNorm(c, d)], ids=["Whitening", "PITNorm"])
 def test_lenet_trains_hybridized_and_round_trips(tmp_path, make):
-    net = models.lenet(make)
-    net.initialize(mx.init.Xavier())
+    net = initialized_lenet(make)
     if isinstance(net[1], Whitening):  # its own initializer, not the net's Xavier
         onp.testing.assert_array_equal(net[1].moving_whitening.data().asnumpy(),
                                        group_identity(6, 2).asnumpy())
-    net.hybridize()
-    train_steps(net, n=2)
-    assert not onp.allclose(net[1].moving_mean.data().asnumpy(), 0)  # statistics moved
-    path = str(tmp_path / "lenet.params")
-    net.save_parameters(path)
-    clone = models.lenet(make)
-    clone.load_parameters(path)
-    X = batch((5, 1, 28, 28), 42)
-    Y = clone(X).asnumpy()
-    assert onp.isfinite(Y).all()
-    onp.testing.assert_allclose(Y, net(X).asnumpy(), rtol=1e-5, atol=1e-6)
+    check_lenet_round_trip(net, make, tmp_path)
 
 
 def test_save_load_in_sequential(tmp_path):
