@@ -9,10 +9,8 @@ READY  := $(VENV)/.ready
 # One MXNet process uses about one core: processes in parallel, each single-threaded
 JOBS   ?= $(shell nproc 2>/dev/null || echo 2)
 export OMP_NUM_THREADS = 1
-# nbval on the committed notebooks, in quick mode, a notebook's cells on one worker
-# (conftest.py groups a notebook with the one whose records it loads)
-NBVAL_CMD := D2LBN_QUICK=1 D2LBN_JOBS=1 $(PY) -m pytest notebooks --nbval --nbval-current-env \
-	-q
+# nbval on the committed notebooks, in quick mode, one notebook at a time (03 reads 02's records)
+NBVAL_CMD := D2LBN_QUICK=1 D2LBN_JOBS=1 $(PY) -m pytest notebooks --nbval --nbval-current-env -q
 
 # More Pythons for `make test`: each one installed gets a cached CPU venv, .venv-3.X, and runs
 # the unit tests and notebooks 01-03 in quick mode; one not installed is skipped.

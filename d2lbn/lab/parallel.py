@@ -125,7 +125,7 @@ def run_all(tasks: list[Callable[[], object]], max_workers: int | None = None,
     results = [None] * len(tasks)
     try:
         with server.lent() if server else contextlib.nullcontext():
-            with _environ(OMP_NUM_THREADS="1"):  # one core per process
+            with environ(OMP_NUM_THREADS="1"):  # one core per process
                 for w in workers:
                     w.start()
             for _ in tasks:
@@ -159,7 +159,8 @@ def _next_result(done, workers):
 
 
 @contextlib.contextmanager
-def _environ(**values):
+def environ(**values):
+    """Set environment variables for the duration of a ``with`` block (children inherit them)."""
     saved = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
     try:

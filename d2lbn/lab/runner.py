@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import re
 import shutil
 import signal
@@ -22,7 +21,8 @@ from pathlib import Path
 import nbformat
 
 from . import mode
-from .parallel import JOBS_ENV, JOBSERVER_ENV, JobServer
+from .parallel import JOBS_ENV, JOBSERVER_ENV, JobServer, environ
+from .parallel import jobs as parallel_jobs
 from .records import RESULTS_ENV, results_dir, write_atomic, write_summary
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
@@ -187,7 +187,7 @@ def run_all(paths: list[Path] | None = None, jobs: int | None = None) -> dict[st
     notebooks read), so a failure leaves the committed notebooks and results as
     they were; the executed copies and partial runs stay in the staging folder.
     """
-    jobs = jobs or int(os.environ.get(JOBS_ENV) or 0) or os.cpu_count() or 1
+    jobs = jobs or parallel_jobs()
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
     whole = not paths or sorted(paths) == notebooks()
@@ -198,18 +198,16 @@ def run_all(paths: list[Path] | None = None, jobs: int | None = None) -> dict[st
     if (final / "runs").exists():
         shutil.copytree(final / "runs", staging / "runs")
     server = JobServer.create(str(staging / "jobserver"), jobs)
+    # Kernels inherit the environment: their records land in staging
     env = {RESULTS_ENV: str(staging), JOBSERVER_ENV: server.path, JOBS_ENV: str(jobs),
            "OMP_NUM_THREADS": "1"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # kernels inherit it: their records land in staging
     try:
-        tic = time.perf_counter()
-        executed, wall = asyncio.run(_run(paths, jobs, server, staging, recorded))
+        with environ(**env):
+            tic = time.perf_counter()
+            executed, wall = asyncio.run(_run(paths, jobs, server, staging, recorded))
         run = {"notebooks": len(paths), "jobs": jobs, "wall_s": round(time.perf_counter() - tic)}
     finally:
         server.close()
-        for k, v in saved.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
     for path, nb in executed.items():
         write_atomic(path, nbformat.writes(nb) + "\n")
     for record in (staging / "runs").glob("*.json"):
