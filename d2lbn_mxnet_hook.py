@@ -47,6 +47,18 @@ def restore_numpy_names(numpy):
     return missing
 
 
+def keep_numpy1_reprs(numpy):
+    """Print numpy 2's scalars as numpy 1 did; return whether that changed anything.
+
+    mxnet writes operator parameters with str(): numpy 2 would make an index list of
+    "[0, np.int64(16)]", which mxnet's parser rejects.
+    """
+    if int(numpy.__version__.split(".")[0]) < 2:
+        return False
+    numpy.set_printoptions(legacy="1.25")
+    return True
+
+
 def load_cuda_libraries(folders=None):
     """Load the nvidia-*-cu11 wheels' libraries found on sys.path; return their paths.
 
@@ -76,6 +88,7 @@ class BeforeMXNet:
             import numpy
 
             restore_numpy_names(numpy)
+            keep_numpy1_reprs(numpy)
             load_cuda_libraries()
         return None
 

@@ -206,6 +206,12 @@ def test_this_numpy_has_every_name_mxnet_reads() -> None:
             assert hasattr(numpy, name), name
 
 
+def test_numpy_scalars_print_as_mxnet_parses_them() -> None:
+    # mxnet writes operator parameters with str(); numpy 2 alone would print np.int64(16)
+    assert hook.keep_numpy1_reprs(numpy) == numpy.__version__.startswith("2.")
+    assert repr(numpy.int64(16)) == "16" and str([0, numpy.int64(16)]) == "[0, 16]"
+
+
 def test_a_fresh_interpreter_imports_mxnet_first() -> None:
     # as a notebook does: mxnet before d2lbn, so only the .pth can have readied numpy
     code = "import mxnet, numpy; print(numpy.int is int, mxnet.np.ones(2).sum().item())"
@@ -231,13 +237,14 @@ def test_finder_readies_once_and_finds_nothing(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.delitem(sys.modules, "mxnet", raising=False)
     calls = []
     monkeypatch.setattr(hook, "restore_numpy_names", lambda np: calls.append("numpy"))
+    monkeypatch.setattr(hook, "keep_numpy1_reprs", lambda np: calls.append("reprs"))
     monkeypatch.setattr(hook, "load_cuda_libraries", lambda: calls.append("cuda"))
     hook.install()
     hook.install()
     assert sys.meta_path.count(hook.BeforeMXNet) == 1 and sys.meta_path[0] is hook.BeforeMXNet
     assert hook.BeforeMXNet.find_spec("numpy") is None and calls == []
     assert hook.BeforeMXNet.find_spec("mxnet") is None
-    assert calls == ["numpy", "cuda"] and hook.BeforeMXNet not in sys.meta_path
+    assert calls == ["numpy", "reprs", "cuda"] and hook.BeforeMXNet not in sys.meta_path
 
 
 def test_install_leaves_an_imported_mxnet_alone(monkeypatch: pytest.MonkeyPatch) -> None:
