@@ -9,11 +9,13 @@ READY  := $(VENV)/.ready
 # One MXNet process uses about one core: processes in parallel, each single-threaded
 JOBS   ?= $(shell nproc 2>/dev/null || echo 2)
 export OMP_NUM_THREADS = 1
-# nbval on the committed notebooks, in quick mode, one notebook at a time (03 reads 02's records)
-NBVAL_CMD := D2LBN_QUICK=1 D2LBN_JOBS=1 $(PY) -m pytest notebooks --nbval --nbval-current-env -q
+# nbval on the committed notebooks in quick mode, JOBS notebooks at once, each on one xdist worker
+# in reading order; conftest.py makes a notebook that loads another's records wait for it
+NBVAL_ARGS := --nbval --nbval-current-env -q -n $(JOBS) --dist loadfile --no-loadscope-reorder
+NBVAL_CMD := D2LBN_QUICK=1 D2LBN_JOBS=1 $(PY) -m pytest notebooks $(NBVAL_ARGS)
 
-# More Pythons for `make test`: each one installed gets a cached CPU venv, .venv-3.X, and runs
-# the unit tests and notebooks 01-03 in quick mode; one not installed is skipped.
+# More Pythons, which `make test` tests too: each one installed gets a cached CPU venv, .venv-3.X,
+# and runs the unit tests and notebooks 01-03 in quick mode; one not installed is skipped.
 PYTHONS ?= 3.12 3.13
 QUICK_NBS = $(wildcard notebooks/0[123]_*.ipynb)
 SKIP_MESSAGE = test-python-$*: skipped, no python$* runs here (on PATH or among pyenv's versions)
@@ -39,9 +41,10 @@ help:  ## list the targets
 run: $(READY) data  ## execute every notebook (full mode, JOBS at once), write results/
 	$(PY) -m d2lbn run --jobs $(JOBS)
 
-test: $(READY) data lint  ## unit tests, then every notebook under nbval in quick mode
+test: $(READY) data lint  ## unit tests, every notebook under nbval (quick), then PYTHONS
 	$(PY) -m pytest tests -q -n $(JOBS)
 	$(NBVAL_CMD)
+	$(MAKE) --no-print-directory test-pythons
 
 unit: $(READY)  ## unit tests only
 	$(PY) -m pytest tests -q -n $(JOBS)
@@ -83,7 +86,7 @@ test-python-%: data
 	@$(if $(PYTHON_X),$(MAKE) --no-print-directory .venv-$*/.ready,echo "$(SKIP_MESSAGE)")
 	$(if $(PYTHON_X),.venv-$*/bin/python -m pytest tests -q -n $(JOBS))
 	$(if $(PYTHON_X),D2LBN_QUICK=1 D2LBN_JOBS=1 .venv-$*/bin/python -m pytest $(QUICK_NBS) \
-		--nbval --nbval-current-env -q)
+		$(NBVAL_ARGS))
 
 .venv-%/.ready: pyproject.toml d2lbn/setup_env.py
 	$(call make-venv,$(call find-python,$*),.venv-$*,cpu)

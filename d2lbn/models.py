@@ -81,3 +81,23 @@ def lenet(norm: Norm = "scratch", placement: str = "before", activation: str = "
     stage(nn.Dense(84, use_bias=use_bias), 84, 2, norm_dense, rates[1])
     net.add(nn.Dense(10))
     return net
+
+
+
+def summary(net: nn.Sequential) -> str:
+    """The layers of ``net`` in one line, e.g. ``conv 6 > BN > sigmoid > pool > ...``."""
+    def name(layer: nn.Block) -> str:
+        if isinstance(layer, (nn.Conv2D, nn.Dense)):
+            kind = "conv" if isinstance(layer, nn.Conv2D) else "dense"
+            return f"{kind} {layer.weight.shape[0]}" + (" (no bias)" if layer.bias is None else "")
+        if isinstance(layer, (nn.MaxPool2D, nn.AvgPool2D)):
+            return "pool"
+        if isinstance(layer, nn.Activation):
+            return layer._act_type  # Gluon keeps no public name for it
+        if isinstance(layer, nn.Dropout):
+            return f"dropout {layer._rate:g}"
+        if isinstance(layer, nn.BatchNorm) and layer._kwargs.get("use_global_stats"):
+            return "BN (frozen statistics)"
+        kind = type(layer).__name__
+        return "BN" if kind.endswith("BatchNorm") else kind
+    return " > ".join(name(layer) for layer in net)

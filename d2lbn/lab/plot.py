@@ -45,14 +45,14 @@ def curves(groups: dict[str, list[History]], metrics=("loss", "test_acc")):
 
 
 def lines(x, groups: dict[str, list[list[float]]], xlabel: str, ylabel: str,
-          logx: bool = False):
-    """One thin line per run (e.g. per seed) against ``x``, one colour per group."""
+          logx: bool = False, unit: str = "runs"):
+    """One thin line per run (a seed, a device: ``unit``) against ``x``, a colour per group."""
     fig, ax = plt.subplots(figsize=(5, 3))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for color, (name, runs) in zip(colors, groups.items()):
         for i, y in enumerate(runs):
             ax.plot(x[:len(y)], y, color=color, lw=1, marker=".", alpha=0.8,
-                    label=f"{name} ({len(runs)} runs)" if i == 0 else None)
+                    label=f"{name} ({len(runs)} {unit})" if i == 0 else None)
     ax.set(xlabel=xlabel, ylabel=ylabel, xscale="log" if logx else "linear")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
