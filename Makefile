@@ -10,8 +10,10 @@ READY  := $(VENV)/.ready
 JOBS   ?= $(shell nproc 2>/dev/null || echo 2)
 export OMP_NUM_THREADS = 1
 # nbval on the committed notebooks in quick mode, JOBS notebooks at once, each on one xdist worker
-# in reading order; conftest.py makes a notebook that loads another's records wait for it
-NBVAL_ARGS := --nbval --nbval-current-env -q -n $(JOBS) --dist loadfile --no-loadscope-reorder
+# in reading order; conftest.py makes a notebook that loads another's records wait for it, and
+# nbval-sanitize.cfg drops the quick-mode notice, so that cells printing it are compared too
+NBVAL_ARGS := --nbval --nbval-current-env --nbval-sanitize-with nbval-sanitize.cfg -q \
+	-n $(JOBS) --dist loadfile --no-loadscope-reorder
 NBVAL_CMD := D2LBN_QUICK=1 D2LBN_JOBS=1 $(PY) -m pytest notebooks $(NBVAL_ARGS)
 
 # More Pythons, which `make test` tests too: each one installed gets a cached CPU venv, .venv-3.X,

@@ -59,6 +59,20 @@ def test_nbval_ignores_an_output_only_for_a_reason(path):
     assert runner.unexplained_ignores(nbformat.read(path, as_version=4)) == []
 
 
+@pytest.mark.parametrize("path", runner.notebooks(), ids=lambda p: p.stem[:2])
+def test_nbval_compares_some_output_of_every_notebook(path):
+    assert runner.compared_outputs(nbformat.read(path, as_version=4)) >= 1
+
+
+def test_compared_outputs_counts_cells_with_output_not_ignored():
+    nb = make_nb()
+    nb.cells = [nbformat.v4.new_code_cell("1", outputs=[nbformat.v4.new_output(
+        "execute_result", data={"text/plain": "1"}, execution_count=1)]) for _ in range(3)]
+    nb.cells[1].metadata["tags"] = [runner.IGNORE, "varies-timing"]
+    nb.cells[2].outputs = []
+    assert runner.compared_outputs(nb) == 1
+
+
 def test_unexplained_ignores_are_found():
     nb = make_nb()
     assert runner.unexplained_ignores(nb) == []

@@ -116,6 +116,12 @@ def unexplained_ignores(nb) -> list[str]:
     return found
 
 
+def compared_outputs(nb) -> int:
+    """How many code cells have an output that nbval compares."""
+    return sum(1 for c in nb.cells if c.cell_type == "code" and c.outputs
+               and IGNORE not in c.metadata.get("tags", []))
+
+
 def loads(path: Path) -> set[str]:
     """The notebooks (stems) whose records ``path`` loads."""
     nb = nbformat.read(path, as_version=4)
