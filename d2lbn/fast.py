@@ -76,7 +76,7 @@ import mxnet as mx
 import numpy as onp
 from mxnet import autograd
 
-from .functional import check_batch_norm_args, check_normalize, moving_average
+from .functional import UNCENTRED, check_batch_norm_args, check_normalize, moving_average
 from .layers import HybridBatchNorm
 
 # float16 has no CPU kernels for the matrix products below
@@ -116,9 +116,9 @@ def batch_norm_fast_graph(F, X, gamma, beta, moving_mean, moving_var, eps, momen
         X4, hw = X, spatial
     g, b = gamma.reshape(-1), beta.reshape(-1)
     if not training:
-        a = _scale(F, g, moving_var.reshape(-1), eps, normalize)
-        # a * X + b for "var" (no centring), else a * (X - moving_mean) + b
-        shift = b if normalize == "var" else b - a * moving_mean.reshape(-1)
+        a = _scale(F, g, moving_mean.reshape(-1), moving_var.reshape(-1), eps, normalize)
+        # a * X + b for "var" and "rms" (no centring), else a * (X - moving_mean) + b
+        shift = b if normalize in UNCENTRED else b - a * moving_mean.reshape(-1)
         Y = affine(F, X4, a, shift, C)
         return _like(F, Y, X, spatial), moving_mean, moving_var
     H, W = hw
@@ -137,20 +137,26 @@ def batch_norm_fast_graph(F, X, gamma, beta, moving_mean, moving_var, eps, momen
     S1, S2, count = _channel_sums(F, Xc, F.np.square(Xc), hw, C, dtype)
     S1, S2 = S1 / count, S2 / count
     mean, var = K + S1, S2 - F.np.square(S1)
-    a = _scale(F, g, var, eps, normalize)
-    # Y = a * (X - mean) + b = a * (Xc - S1) + b; "var" does not centre:
+    a = _scale(F, g, mean, var, eps, normalize)
+    # Y = a * (X - mean) + b = a * (Xc - S1) + b; "var" and "rms" do not centre:
     # a * X + b = a * (Xc + K) + b. Both from Xc, not X4: X's gradient then
     # comes back through one convolution instead of two summed
-    shift = b + a * K if normalize == "var" else b - a * S1
+    shift = b + a * K if normalize in UNCENTRED else b - a * S1
     Y = affine(F, Xc, a, shift, C)
     moving_mean = moving_average(moving_mean, F.npx.reshape_like(mean, gamma), momentum)
     moving_var = moving_average(moving_var, F.npx.reshape_like(var, gamma), momentum)
     return _like(F, Y, X, spatial), moving_mean, moving_var
 
 
-def _scale(F, gamma, var, eps, normalize):
-    """The per-channel factor on X: ``gamma``, over ``sqrt(var + eps)`` unless only centring."""
-    return gamma if normalize == "mean" else gamma / F.np.sqrt(var + eps)
+def _scale(F, gamma, mean, var, eps, normalize):
+    """The per-channel factor on X: ``gamma`` over the root of ``var`` ("rms": of
+    ``var + mean^2``) plus ``eps``; ``gamma`` alone when only centring."""
+    if normalize == "mean":
+        return gamma
+    if normalize == "rms":
+        # the mean square E[x^2] = var + mean^2: both terms positive, no cancellation
+        var = var + F.np.square(mean)
+    return gamma / F.np.sqrt(var + eps)
 
 
 def stop_gradient(x):
@@ -210,8 +216,8 @@ def _batch_norm_2d(F, X, gamma, beta, moving_mean, moving_var, eps, momentum, tr
     # (A reshape to its own shape gives a plain layout that slicing can read.)
     ones = F.np.ones_like(F.npx.reshape(X, (-2, -2))[:, 0:1])    # (N, 1)
     if not training:
-        a = _scale(F, gamma, moving_var, eps, normalize)
-        shift = beta if normalize == "var" else beta - a * moving_mean
+        a = _scale(F, gamma, moving_mean, moving_var, eps, normalize)
+        shift = beta if normalize in UNCENTRED else beta - a * moving_mean
         return X * F.np.dot(ones, a) + F.np.dot(ones, shift), moving_mean, moving_var
     n = ones.sum()
     # Sums of values near the first example's stay exact in float32 where sums of
@@ -222,9 +228,9 @@ def _batch_norm_2d(F, X, gamma, beta, moving_mean, moving_var, eps, momentum, tr
     mean = shift + mean_s
     Xc = Xs - F.np.dot(ones, mean_s)
     var = F.np.dot(ones.T, F.np.square(Xc)) / n
-    a = _scale(F, gamma, var, eps, normalize)
-    # "var" scales X itself: var is still the spread around the mean
-    Y = (X if normalize == "var" else Xc) * F.np.dot(ones, a) + F.np.dot(ones, beta)
+    a = _scale(F, gamma, mean, var, eps, normalize)
+    # "var" and "rms" scale X itself: var is still the spread around the mean
+    Y = (X if normalize in UNCENTRED else Xc) * F.np.dot(ones, a) + F.np.dot(ones, beta)
     moving_mean = moving_average(moving_mean, mean, momentum)
     moving_var = moving_average(moving_var, var, momentum)
     return Y, moving_mean, moving_var

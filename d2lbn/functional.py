@@ -13,8 +13,12 @@ DTYPES = ("float16", "float32", "float64")
 PER_CHANNEL = ("gamma", "beta", "moving_mean", "moving_var")
 
 # What batch_norm's ``normalize`` may do: centre and scale ("full", the book's),
-# only centre ("mean") or only scale ("var"); the chapter's exercise compares them
-NORMALIZE = ("full", "mean", "var")
+# only centre ("mean"), or only scale, by the standard deviation ("var") or by the
+# root mean square ("rms", E[x^2] per channel as in RMSNorm, but over the batch);
+# the chapter's exercise compares them
+NORMALIZE = ("full", "mean", "var", "rms")
+# The modes that leave the mean in place (they only divide)
+UNCENTRED = ("var", "rms")
 
 
 def channel_axes(ndim: int) -> tuple[int, ...]:
@@ -86,6 +90,7 @@ def batch_norm_graph(F, X, gamma, beta, moving_mean, moving_var, eps, momentum, 
     mean, var = moments(X, axes)
     X_hat = _standardize(F, X, mean, var, eps, normalize)
     # Both statistics move in every mode, so that a layer can switch modes later
+    # ("rms" needs no third one: its mean square is var + mean^2, below)
     moving_mean = moving_average(moving_mean, mean, momentum)
     moving_var = moving_average(moving_var, var, momentum)
     return gamma * X_hat + beta, moving_mean, moving_var
@@ -112,6 +117,13 @@ def _standardize(F, X, mean, var, eps, normalize):
     if normalize == "var":
         # No centring, but var is still the spread around the mean, not E[x^2]
         return X / F.np.sqrt(var + eps)
+    if normalize == "rms":
+        # No centring, and the divisor is the root of E[x^2] = var + mean^2 (no
+        # cancellation: both terms are positive). In prediction the moving
+        # statistics give it: the average of the batches' E[x^2] would exceed
+        # moving_var + moving_mean^2 by the variance of the batch means, small
+        # for large batches (and zero once they agree, as the tests check)
+        return X / F.np.sqrt(var + mean ** 2 + eps)
     return (X - mean) / F.np.sqrt(var + eps)
 
 

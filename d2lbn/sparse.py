@@ -9,7 +9,8 @@ input. The mask has no gradient: the kept values pass theirs, the others none.
 (Exactly ``ceil(keep * D)`` values survive, ties broken by ``topk``.)
 
 ``prune_weights`` is the classic counterpart: zero the smallest weights of a net
-by magnitude, layer by layer; ``apply_masks`` keeps them at zero during training.
+by magnitude, layer by layer; ``apply_masks`` keeps them at zero during training,
+or ``prune_while_training`` prunes afresh before every call of the net.
 
 The exact count has a price: MXNet's ``topk`` sorts each example (3456 values on
 LeNet's first layer). Forward+backward, hybridized, CPU time per call (median of
@@ -25,6 +26,7 @@ import math
 import mxnet as mx
 import numpy as onp
 from mxnet import autograd
+from mxnet.gluon.parameter import DeferredInitializationError
 
 from .compact import bn_flops
 from .fast import FastBatchNorm, stop_gradient
@@ -127,6 +129,29 @@ def prune_weights(net, fraction: float, suffix: str = "weight") -> dict:
     return masks
 
 
+def prune_while_training(net, fraction: float, suffix: str = "weight"):
+    """Re-prune ``net``'s weights by magnitude before each of its calls (a hook); return ``net``.
+
+    A forward pre-hook runs ``prune_weights``: every step (and prediction) sees
+    each weight with its ``floor(fraction * size)`` smallest entries zeroed. The
+    zeroed entries still get gradients, so one that grows past the kept ones
+    comes back at the next call: magnitude pruning at every step, with the pruned
+    set free to change. While some weight waits for its shape (deferred
+    initialisation) the hook does nothing: the call that creates it runs unpruned.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"fraction must lie in [0, 1), got {fraction!r}")
+
+    def hook(block, _args):
+        try:
+            prune_weights(block, fraction, suffix)
+        except DeferredInitializationError:
+            pass
+
+    net.register_forward_pre_hook(hook)
+    return net
+
+
 def apply_masks(net, masks: dict) -> None:
     """Multiply ``net``'s Parameters by ``masks`` (from ``prune_weights``), on every context."""
     params = net.collect_params()
@@ -137,4 +162,4 @@ def apply_masks(net, masks: dict) -> None:
 
 
 __all__ = ["PrunedBatchNorm", "apply_masks", "check_keep", "keep_count", "prune_activations",
-           "prune_graph", "prune_weights", "pruned_batch_norm"]
+           "prune_graph", "prune_weights", "prune_while_training", "pruned_batch_norm"]

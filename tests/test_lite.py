@@ -1,8 +1,10 @@
-"""Lite BN (``normalize="mean"`` or ``"var"``): values, statistics and gradients.
+"""Lite BN (``normalize="mean"``, ``"var"`` or ``"rms"``): values, statistics and gradients.
 
-The exercise compares centring only and scaling only with full BN. Both
-implementations and the three Blocks are checked against a float64 NumPy
-reference, against each other, and the readable one against finite differences.
+The exercise compares centring only and scaling only (by the standard deviation,
+or by the root mean square) with full BN. Both implementations and the three
+Blocks are checked against a float64 NumPy reference, against each other, and
+the readable one against finite differences; "rms" also against its
+hand-derived backward pass.
 """
 
 import functools
@@ -27,7 +29,7 @@ import d2lbn
 from d2lbn.fast import FastBatchNorm, batch_norm_fast
 from d2lbn.functional import channel_axes
 
-LITE = ["mean", "var"]
+LITE = ["mean", "var", "rms"]
 IMPLS = [d2lbn.batch_norm, batch_norm_fast]
 # 2-D, 4-D with the dense 1x1 convolution, 4-D with the grouped one (> 32 channels)
 SHAPES = [(8, 5), (4, 3, 5, 6), (3, 40, 2, 3)]
@@ -35,17 +37,32 @@ MODES = {"training": True, "prediction": False}
 
 
 def numpy_lite(X, gamma, beta, mean, var, normalize, training):
-    """Float64 BN with ``normalize`` = "full", "mean" or "var": ``(Y, moving_mean, moving_var)``."""
+    """Float64 BN with ``normalize`` in NORMALIZE: ``(Y, moving_mean, moving_var)``."""
+    axes = channel_axes(X.ndim)
     if training:
-        axes = channel_axes(X.ndim)
         mu, sigma2 = X.mean(axis=axes, keepdims=True), X.var(axis=axes, keepdims=True)
+        # "rms": the batch's mean square, straight from its definition
+        square = (X ** 2).mean(axis=axes, keepdims=True)
         mean = MOMENTUM * mean + (1 - MOMENTUM) * mu
         var = MOMENTUM * var + (1 - MOMENTUM) * sigma2
     else:
-        mu, sigma2 = mean, var
-    centred = X if normalize == "var" else X - mu
-    scale = 1.0 if normalize == "mean" else 1.0 / onp.sqrt(sigma2 + EPS)
+        # "rms" in prediction: the mean square that the moving statistics imply
+        mu, sigma2, square = mean, var, var + mean ** 2
+    centred = X if normalize in ("var", "rms") else X - mu
+    spread = {"full": sigma2, "var": sigma2, "rms": square}
+    scale = 1.0 if normalize == "mean" else 1.0 / onp.sqrt(spread[normalize] + EPS)
     return gamma * centred * scale + beta, mean, var
+
+
+def numpy_rms_backward(X, gamma, head):
+    """Float64 dX, dgamma, dbeta of ``gamma * X / r + beta``, r = sqrt(E[X^2] + eps), by hand."""
+    axes = channel_axes(X.ndim)
+    m = X.size // X.shape[1]
+    r = onp.sqrt((X ** 2).mean(axis=axes, keepdims=True) + EPS)
+    g = head * gamma  # the gradient reaching X / r
+    # d(x_i / r)/dx_j = delta_ij / r - x_i x_j / (m r^3)
+    dX = g / r - X * (g * X).sum(axis=axes, keepdims=True) / (m * r ** 3)
+    return dX, (head * X / r).sum(axis=axes, keepdims=True), head.sum(axis=axes, keepdims=True)
 
 
 def float64(arrays):
@@ -113,6 +130,45 @@ def test_gradients_match_finite_differences_float64(shape, normalize, training):
         onp.testing.assert_allclose(g.asnumpy(), w, rtol=1e-6, atol=1e-8, err_msg=name)
 
 
+@pytest.mark.parametrize("fn", IMPLS, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_rms_gradients_match_the_hand_derived_backward(shape, fn):
+    inputs = random_inputs(shape)
+    got = ours(*inputs, training=True, fn=partial(fn, normalize="rms"))
+    X, gamma, _, _, _, head = float64(inputs)
+    for name, g, w in zip(["dX", "dgamma", "dbeta"], got[1:4], numpy_rms_backward(X, gamma, head)):
+        onp.testing.assert_allclose(g.asnumpy(), w, **TOL, err_msg=name)
+
+
+@pytest.mark.parametrize("fn", IMPLS, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_rms_output_has_unit_mean_square_and_keeps_signs(shape, fn):
+    X = random_inputs(shape)[0]
+    ones, zeros = np.ones(param_shape(shape)), np.zeros(param_shape(shape))
+    with autograd.train_mode():
+        Y, _, _ = fn(X, ones, zeros, zeros, ones, 1e-12, MOMENTUM, normalize="rms")
+    axes = channel_axes(len(shape))
+    onp.testing.assert_allclose((Y.asnumpy().astype("float64") ** 2).mean(axis=axes), 1.0,
+                                rtol=1e-5)
+    assert (onp.sign(Y.asnumpy()) == onp.sign(X.asnumpy())).all()
+
+
+@pytest.mark.parametrize("normalize", ["full"] + LITE)
+@pytest.mark.parametrize("cls", [d2lbn.BatchNorm, d2lbn.HybridBatchNorm, FastBatchNorm])
+@pytest.mark.parametrize("shape", [(8, 5), (4, 3, 5, 6)], ids=str)
+def test_prediction_after_momentum_zero_repeats_training(shape, cls, normalize):
+    """With momentum 0 the moving statistics are the last batch's: prediction on that
+    batch must give the training output, so each mode uses them where it used the batch's."""
+    bn = cls(shape[1], len(shape), momentum=0.0, normalize=normalize)
+    bn.initialize()
+    if isinstance(bn, d2lbn.HybridBatchNorm):
+        bn.hybridize()
+    X = batch(shape, 3)
+    with autograd.train_mode():
+        Y_train = bn(X)
+    onp.testing.assert_allclose(bn(X).asnumpy(), Y_train.asnumpy(), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("training", MODES.values(), ids=MODES.keys())
 @pytest.mark.parametrize("fn", IMPLS, ids=lambda f: f.__name__)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
@@ -130,7 +186,7 @@ def test_full_is_the_default_exactly(shape, fn, training):
                                         "HybridBatchNorm", "FastBatchNorm"])
 @pytest.mark.parametrize("bad", ["Mean", "variance", None])
 def test_bad_normalize_is_refused(make, bad):
-    with pytest.raises(ValueError, match="normalize must be one of 'full', 'mean', 'var'"):
+    with pytest.raises(ValueError, match="normalize must be one of 'full', 'mean', 'var', 'rms'"):
         make(normalize=bad)
 
 

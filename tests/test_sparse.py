@@ -23,6 +23,7 @@ from d2lbn.sparse import (
     keep_count,
     prune_activations,
     prune_weights,
+    prune_while_training,
     pruned_batch_norm,
 )
 
@@ -179,3 +180,48 @@ def test_prune_weights_zeroes_the_smallest_per_layer():
         assert (w[mask.asnumpy() == 0] == 0).all() and (w[mask.asnumpy() == 1] != 0).all()
     with pytest.raises(ValueError, match="fraction"):
         prune_weights(net, 1.0)
+
+
+def numpy_pruned(w, fraction):
+    """``w`` with its ``floor(fraction * size)`` smallest magnitudes zeroed (stable order)."""
+    flat = w.ravel().copy()
+    flat[onp.argsort(onp.abs(flat), kind="stable")[:int(fraction * flat.size)]] = 0
+    return flat.reshape(w.shape)
+
+
+def test_prune_while_training_prunes_before_every_call():
+    net = gluon.nn.HybridSequential()
+    net.add(gluon.nn.Dense(7), gluon.nn.Dense(3))                   # shapes deferred
+    assert prune_while_training(net, 0.4) is net
+    net.initialize(mx.init.Normal(1.0))
+    trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.05})
+    X = batch((4, 5))
+
+    def weights():
+        return {k: p.data().asnumpy() for k, p in net.collect_params().items()}
+
+    with autograd.record():
+        loss = (net(X) ** 2).sum()                                  # creates the weights
+    loss.backward()
+    trainer.step(4)
+    for _ in range(3):
+        before = weights()
+        with autograd.record():
+            out = net(X)
+            loss = (out ** 2).sum()
+        after = weights()
+        for name, w in before.items():
+            want = numpy_pruned(w, 0.4) if name.endswith("weight") else w
+            onp.testing.assert_array_equal(after[name], want, err_msg=name)
+        # the call used the pruned weights: a float64 forward pass with them
+        (w1, b1), (w2, b2) = [(after[layer.weight.name], after[layer.bias.name]) for layer in net]
+        Xn = X.asnumpy().astype("float64")
+        want = (Xn @ w1.T + b1) @ w2.T + b2
+        onp.testing.assert_allclose(out.asnumpy(), want, rtol=1e-5, atol=1e-5)
+        loss.backward()
+        trainer.step(4)
+        # the step moves pruned entries; the next call prunes afresh
+        assert any((p.data().asnumpy() == 0).sum() < int(0.4 * p.data().size)
+                   for k, p in net.collect_params().items() if k.endswith("weight"))
+    with pytest.raises(ValueError, match="fraction"):
+        prune_while_training(net, 1.0)
