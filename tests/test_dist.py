@@ -228,7 +228,7 @@ def test_ctrl_c_stops_every_role():
         roles = children(launcher.pid)
         assert len(roles) == 4  # scheduler, server, two workers
         launcher.send_signal(signal.SIGINT)
-        _, err = launcher.communicate(timeout=30)
+        _, err = launcher.communicate(timeout=TIMEOUT)  # bounds a hang; load slows it
     finally:
         guard.cancel()
         launcher.kill()
