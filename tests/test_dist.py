@@ -215,7 +215,9 @@ def _sleep_job():
 
 
 def test_ctrl_c_stops_every_role():
-    code = ("import test_dist\nfrom d2lbn import dist\n"
+    # a shell's background job starts with SIGINT ignored, which Python then keeps
+    code = ("import signal, test_dist\nfrom d2lbn import dist\n"
+            "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
             "dist.launch(test_dist._sleep_job, 2)")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     launcher = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
