@@ -14,6 +14,8 @@ export OMP_NUM_THREADS = 1
 # nbval-sanitize.cfg drops the quick-mode notice, so that cells printing it are compared too
 NBVAL_ARGS := --nbval --nbval-current-env --nbval-sanitize-with nbval-sanitize.cfg -q \
 	-n $(JOBS) --dist loadfile --no-loadscope-reorder
+# Unit tests on JOBS xdist workers; a group (the dist_sync runs) stays on one worker, in order
+UNIT_ARGS := -q -n $(JOBS) --dist loadgroup
 NBVAL_CMD := D2LBN_QUICK=1 D2LBN_JOBS=1 $(PY) -m pytest notebooks $(NBVAL_ARGS)
 
 # More Pythons, which `make test` tests too: each one installed gets a cached CPU venv, .venv-3.X,
@@ -44,12 +46,12 @@ run: $(READY) data  ## execute every notebook (full mode, JOBS at once), write r
 	$(PY) -m d2lbn run --jobs $(JOBS)
 
 test: $(READY) data lint  ## unit tests, every notebook under nbval (quick), then PYTHONS
-	$(PY) -m pytest tests -q -n $(JOBS)
+	$(PY) -m pytest tests $(UNIT_ARGS)
 	$(NBVAL_CMD)
 	$(MAKE) --no-print-directory test-pythons
 
 unit: $(READY)  ## unit tests only
-	$(PY) -m pytest tests -q -n $(JOBS)
+	$(PY) -m pytest tests $(UNIT_ARGS)
 
 nbval: $(READY) data  ## the notebooks under nbval in quick mode only
 	$(NBVAL_CMD)
@@ -86,7 +88,7 @@ test-pythons: $(addprefix test-python-,$(PYTHONS))  ## unit tests, notebooks 01-
 test-python-%: PYTHON_X = $(call find-python,$*)
 test-python-%: data
 	@$(if $(PYTHON_X),$(MAKE) --no-print-directory .venv-$*/.ready,echo "$(SKIP_MESSAGE)")
-	$(if $(PYTHON_X),.venv-$*/bin/python -m pytest tests -q -n $(JOBS))
+	$(if $(PYTHON_X),.venv-$*/bin/python -m pytest tests $(UNIT_ARGS))
 	$(if $(PYTHON_X),D2LBN_QUICK=1 D2LBN_JOBS=1 .venv-$*/bin/python -m pytest $(QUICK_NBS) \
 		$(NBVAL_ARGS))
 

@@ -18,6 +18,7 @@ inside autograd, which is what synchronized BN across processes needs
 from __future__ import annotations
 
 import ctypes
+import faulthandler
 import os
 import pickle
 import signal
@@ -42,6 +43,7 @@ HOST = "127.0.0.1"
 KEY_BASE = 1 << 20
 POLL_S = 0.1  # how often the launcher looks at its processes
 STOP_S = 5.0  # how long a role gets to exit after SIGTERM, before SIGKILL
+STACKS_S = 1.0  # how long a hung worker gets to write its stacks
 TAIL = 3000  # characters of a failed role's error output quoted in the error
 
 _kvstore = None
@@ -307,16 +309,21 @@ def launch(fn, num_workers: int, *, num_servers: int = 1, timeout: float | None 
 def _start(command, env, log: Path) -> subprocess.Popen:
     """Start one role, its output into ``log``.out and .err, in a session of its own."""
     # A session of its own: Ctrl-C in a terminal reaches only the launcher, which
-    # then stops the roles. Should the launcher itself be killed, Linux kills them
-    preexec = _die_with_parent if sys.platform.startswith("linux") else None
+    # then stops the roles
     with open(log.with_suffix(".out"), "wb") as out, open(log.with_suffix(".err"), "wb") as err:
         return subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=err, start_new_session=True, preexec_fn=preexec)
+                                stderr=err, start_new_session=True, preexec_fn=_in_child)
 
 
-def _die_with_parent() -> None:
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+def _in_child() -> None:
+    """Set up a role's process between fork and exec."""
+    # Ignored until a worker registers its stack dump: an ignored signal stays
+    # ignored across exec, and SIGUSR1's default would kill a worker still starting
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        # Should the launcher itself be killed, Linux kills the roles
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _watch(procs: dict, run: Path, num_workers: int, timeout: float | None, echo: bool):
@@ -342,9 +349,18 @@ def _watch(procs: dict, run: Path, num_workers: int, timeout: float | None, echo
             raise WorkerError(f"{', '.join(finished)} exited without error, but only {done} "
                               f"left a result:\n{_tail(run, finished[-1])}")
         if timeout is not None and time.monotonic() - start > timeout:
-            raise WorkerError(f"the run took more than {timeout} s; stopped it. Worker 0 "
-                              f"said:\n{_tail(run, 'worker 0')}")
+            _dump_stacks([procs[name] for name in echoed])
+            said = "\n".join(f"{name} said:\n{_tail(run, name)}" for name in echoed)
+            raise WorkerError(f"the run took more than {timeout} s; stopped it. {said}")
         time.sleep(POLL_S)
+
+
+def _dump_stacks(workers) -> None:
+    """Have the workers write where each thread is to their error output (for a hung run)."""
+    for proc in workers:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGUSR1)
+    time.sleep(STACKS_S)
 
 
 def _echo(path: Path, offset: int) -> int:
@@ -386,9 +402,13 @@ def _stop(procs, grace: float = 0.0) -> None:
 
 def _worker_main(run: Path) -> int:
     """A worker process: run the job in ``run``, write the result under this worker's rank."""
+    # The launcher asks for the stacks of a run that outlasts its timeout
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         fn, kwargs = pickle.loads((run / "job.pkl").read_bytes())
         rank = kvstore().rank
+        # The scheduler numbers the workers, not the launcher: say which one this is
+        print(f"(rank {rank} of {kvstore().num_workers})", file=sys.stderr, flush=True)
         result = fn(**kwargs)
         tmp = run / f".result-{rank}.pkl"
         tmp.write_bytes(pickle.dumps(result))

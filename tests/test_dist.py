@@ -20,6 +20,9 @@ from d2lbn import dist, models, sync, train
 # A guard against hangs, not a speed limit: a run takes 10 to 15 s on an idle 2-core
 # machine, but starting four MXNet processes on a busy one can take minutes
 TIMEOUT = 600
+# One run at a time, on one xdist worker (make's --dist loadgroup): a run is four
+# processes, and runs side by side would share ports' reuse and ps-lite's node ids
+pytestmark = pytest.mark.xdist_group("dist")
 TOL = dict(rtol=1e-4, atol=1e-5)
 
 
@@ -212,6 +215,14 @@ def test_a_worker_that_dies_fails_the_run_at_once(how, message):
 def _sleep_job():
     print(f"worker {dist.kvstore().rank} ready", flush=True)
     time.sleep(600)
+
+
+def test_a_run_over_its_timeout_stops_and_quotes_every_worker():
+    # Each worker's stack shows where it waited (45 s: time to start on a busy machine)
+    with pytest.raises(dist.WorkerError, match="(?s)took more than 45 s.*worker 0 said:.*"
+                                               "in _sleep_job.*worker 1 said:.*in _sleep_job"):
+        dist.launch(_sleep_job, 2, timeout=45)
+    assert children() == []
 
 
 def test_ctrl_c_stops_every_role():
