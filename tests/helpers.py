@@ -1,7 +1,9 @@
 """Inputs, references and checks that several test modules share."""
 
 import warnings
+from pathlib import Path
 
+import nbformat
 import numpy as onp
 import pytest
 from mxnet import autograd, gluon, np, npx
@@ -165,3 +167,21 @@ def synthetic_iters(n=600, batch_size=32):
     test_set = gluon.data.ArrayDataset(X[split:], y[split:].astype("int32"))
     return (gluon.data.DataLoader(train_set, batch_size, shuffle=True),
             gluon.data.DataLoader(test_set, batch_size))
+
+
+# -- notebooks for the runner and the nbval plugin ---------------------------------------------
+
+def write_notebook(path, *cells) -> Path:
+    """A notebook file of code cells: each a source, or ``(source, printed)`` as if run in order."""
+    nb = nbformat.v4.new_notebook()
+    for count, cell in enumerate(cells, 1):
+        if isinstance(cell, str):
+            nb.cells.append(nbformat.v4.new_code_cell(cell))
+            continue
+        source, printed = cell
+        outputs = [nbformat.v4.new_output("stream", name="stdout", text=printed)] if printed else []
+        nb.cells.append(nbformat.v4.new_code_cell(source, execution_count=count, outputs=outputs))
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nbformat.write(nb, path)
+    return Path(path)

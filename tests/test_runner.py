@@ -5,6 +5,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from helpers import write_notebook
 
 from d2lbn.__main__ import main
 from d2lbn.lab import mode, records, runner
@@ -83,18 +84,9 @@ def test_unexplained_ignores_are_found():
     assert runner.unexplained_ignores(nb) == []
 
 
-def tiny_notebook(path: Path, *sources: str) -> Path:
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(s) for s in sources]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                 "language": "python"}
-    nbformat.write(nb, path)
-    return path
-
-
 def test_run_all_replaces_only_after_success(out, tmp_path):
-    good = tiny_notebook(tmp_path / "01_good.ipynb", "print(6 * 7)")
-    bad = tiny_notebook(tmp_path / "02_bad.ipynb", "raise ValueError('boom')")
+    good = write_notebook(tmp_path / "01_good.ipynb", "print(6 * 7)")
+    bad = write_notebook(tmp_path / "02_bad.ipynb", "raise ValueError('boom')")
     before = good.read_text()
     with pytest.raises(RuntimeError, match=r"02_bad.ipynb .*Nothing was replaced") as err:
         runner.run_all([good, bad], jobs=2)
@@ -119,9 +111,9 @@ lab.record("{stem}", runs);
 
 
 def test_parallel_run_equals_sequential_and_respects_loads(out, tmp_path, capsys):
-    first = tiny_notebook(tmp_path / "01_a.ipynb", TRAIN.format(seed=0, stem="01_a"))
+    first = write_notebook(tmp_path / "01_a.ipynb", TRAIN.format(seed=0, stem="01_a"))
     # 02 reads 01's records, so it starts only once 01 has finished
-    second = tiny_notebook(tmp_path / "02_b.ipynb", TRAIN.format(seed=1, stem="02_b"),
+    second = write_notebook(tmp_path / "02_b.ipynb", TRAIN.format(seed=1, stem="02_b"),
                            'len(lab.load("01_a"))')
     assert runner.loads(second) == {"01_a"}
     figures = []
@@ -141,7 +133,7 @@ def test_parallel_run_equals_sequential_and_respects_loads(out, tmp_path, capsys
 
 
 def test_notebooks_start_in_schedule_order(out, tmp_path, capsys):
-    paths = [tiny_notebook(tmp_path / f"0{i}_n.ipynb", "1") for i in range(1, 5)]
+    paths = [write_notebook(tmp_path / f"0{i}_n.ipynb", "1") for i in range(1, 5)]
     runner.run_all(paths, jobs=1)
     log = capsys.readouterr().out
     starts = [log.index(f"started 0{i}_n") for i in range(1, 5)]
@@ -149,9 +141,9 @@ def test_notebooks_start_in_schedule_order(out, tmp_path, capsys):
 
 
 def test_schedule_runs_the_longest_chain_first(tmp_path):
-    a = tiny_notebook(tmp_path / "01_a.ipynb", "1")
-    b = tiny_notebook(tmp_path / "02_b.ipynb", "2")
-    c = tiny_notebook(tmp_path / "03_c.ipynb", 'lab.load("01_a")')
+    a = write_notebook(tmp_path / "01_a.ipynb", "1")
+    b = write_notebook(tmp_path / "02_b.ipynb", "2")
+    c = write_notebook(tmp_path / "03_c.ipynb", 'lab.load("01_a")')
     wall = {"01_a": 10.0, "02_b": 30.0, "03_c": 25.0}
     assert [p.stem for p in runner.schedule([a, b, c], wall)] == ["01_a", "02_b", "03_c"]
     wall["02_b"] = 40.0
