@@ -277,7 +277,16 @@ def _trainer(net, lr: float, kvstore) -> gluon.Trainer:
 
 
 class _SettledTrainer(gluon.Trainer):
-    """``gluon.Trainer`` that lets the first copy of the parameters arrive before any gradient."""
+    """``gluon.Trainer`` that calls the kvstore only when nothing else in the process does."""
+
+    def step(self, batch_size, ignore_stale_grad=False):
+        # MXNet runs an autograd.Function's backward on a thread of its own, after
+        # backward() has returned: there dist.all_reduce sums the gradients of
+        # synchronized BN through the kvstore, which must not be called from two
+        # threads at once (apache/mxnet#6467). Overlapping calls left a worker
+        # waiting for ever on a sum the others had finished
+        mx.nd.waitall()
+        super().step(batch_size, ignore_stale_grad)
 
     def _init_params(self):
         super()._init_params()

@@ -1,6 +1,7 @@
 """Data parallelism over processes: a dist_sync run on 127.0.0.1 against one process."""
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -75,17 +76,23 @@ def test_two_workers_step_for_step_like_one_process(sync_bn):
         assert onp.abs(onp.subtract(other, want_losses)).max() > 1e-3
 
 
+def one_process_train(in_order, test_iter, num_epochs=2):
+    """``train.train`` in this process on the global batches of two workers: net and History."""
+    # Worker r takes examples 100 r to 100 r + 99, 20 a step: these are the global batches
+    shards = [dist.shard(in_order, r, 2) for r in range(2)]
+    batches = [tuple(np.concatenate(parts) for parts in zip(*pair)) for pair in zip(*shards)]
+    net = models.lenet("scratch")
+    return net, train.train(net, batches, test_iter, num_epochs, 0.9, device=mx.cpu(), seed=1,
+                            quiet=True)
+
+
 def test_train_over_two_workers_equals_one_process_on_the_same_batches(tmp_path):
     """Epoch figures summed over workers, rank 0's test accuracy and saved parameters."""
     train_iter, test_iter = synthetic_iters(n=240)
     in_order = gluon.data.DataLoader(train_iter._dataset, 40)  # 200 examples, 5 steps
     history = dist.train("scratch", in_order, test_iter, 2, 0.9, num_workers=2, sync_bn=True,
                          seed=1, save=tmp_path / "lenet.params", timeout=TIMEOUT)
-    # Worker r takes examples 100 r to 100 r + 99, 20 a step: these are the global batches
-    shards = [dist.shard(in_order, r, 2) for r in range(2)]
-    batches = [tuple(np.concatenate(parts) for parts in zip(*pair)) for pair in zip(*shards)]
-    net = models.lenet("scratch")
-    want = train.train(net, batches, test_iter, 2, 0.9, device=mx.cpu(), seed=1, quiet=True)
+    net, want = one_process_train(in_order, test_iter)
     assert (history.device, history.batch_size, want.batch_size) == ("2 workers x cpu(0)", 40, 0)
     for key in ("loss", "train_acc", "test_acc"):
         onp.testing.assert_allclose(getattr(history, key), getattr(want, key), **TOL)
@@ -94,6 +101,32 @@ def test_train_over_two_workers_equals_one_process_on_the_same_batches(tmp_path)
     saved.load_parameters(str(tmp_path / "lenet.params"))
     for got, expected in zip(dist.parameters(saved), dist.parameters(net)):
         onp.testing.assert_allclose(got, expected, **TOL)
+
+
+def _train_with_a_late_backward(**kwargs):
+    """``dist._train_worker`` with the backward's sums over workers up to 50 ms late."""
+    on_time = dist._SumOverWorkers._sum
+
+    def late(self, key, a):
+        # The backward runs on MXNet's own thread, the forward on the main one
+        if threading.current_thread() is not threading.main_thread():
+            time.sleep(random.uniform(0, 0.05))
+        return on_time(self, key, a)
+
+    dist._SumOverWorkers._sum = late
+    return dist._train_worker(**kwargs)
+
+
+def test_training_waits_for_a_late_backward():
+    """Late sums overlapped the Trainer's kvstore calls and left a worker waiting for ever."""
+    train_iter, test_iter = synthetic_iters(n=240)
+    in_order = gluon.data.DataLoader(train_iter._dataset, 40)
+    history = dist.launch(_train_with_a_late_backward, 2, timeout=TIMEOUT, norm="scratch",
+                          sync_bn=True, train_iter=in_order, test_iter=test_iter, num_epochs=3,
+                          lr=0.9, seed=1, hybridize=False, quiet=True, save=None)[0]
+    _, want = one_process_train(in_order, test_iter, num_epochs=3)
+    for key in ("loss", "train_acc", "test_acc"):
+        onp.testing.assert_allclose(getattr(history, key), getattr(want, key), **TOL)
 
 
 # -- synchronized BN across processes against the whole batch ----------------------------------
