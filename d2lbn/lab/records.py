@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import statistics
 import tempfile
@@ -155,7 +156,8 @@ def summary_markdown(summary: dict) -> str:
              "Final-epoch figures, mean ± sd over seeds; wall time of the whole notebook.", ""]
     if "run" in summary:
         r = summary["run"]
-        total = sum(e["wall_s"] for e in summary["notebooks"].values())
+        # fsum: the same total on every Python (3.12's sum() compensates, 3.11's does not)
+        total = math.fsum(e["wall_s"] for e in summary["notebooks"].values())
         lines += [f"The last run of all {r['notebooks']} notebooks took {r['wall_s'] / 60:.0f} min "
                   f"with {r['jobs']} processes at a time ({total / 60:.0f} min of notebook wall "
                   "time in all).", ""]
