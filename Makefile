@@ -7,7 +7,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 READY  := $(VENV)/.ready
 # One MXNet process uses about one core: processes in parallel, each single-threaded
-JOBS   ?= $(shell nproc 2>/dev/null || echo 2)
+# nproc obeys OMP_NUM_THREADS, which this Makefile exports as 1 to every process it starts,
+# sub-makes included: count the cores without it
+JOBS   ?= $(shell env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc 2>/dev/null || echo 2)
 export OMP_NUM_THREADS = 1
 # nbval on the committed notebooks in quick mode, JOBS notebooks at once, each on one xdist worker
 # in reading order; conftest.py makes a notebook that loads another's records wait for it, and

@@ -158,6 +158,16 @@ def test_numpy_2_and_distutils_on_313() -> None:
     assert reqs["numpy"].specifier.contains("2.3.5") and "setuptools" in reqs
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="Linux: counts usable cores")
+def test_make_counts_cores_despite_its_own_omp_setting() -> None:
+    # The Makefile exports OMP_NUM_THREADS=1, which nproc would otherwise obey in sub-makes
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("JOBS", None)
+    shown = subprocess.run(["make", "-n", "-s", "unit"], cwd=ROOT, env=env, capture_output=True,
+                           text=True, check=True).stdout
+    assert f"pytest tests -q -n {len(os.sched_getaffinity(0))} " in shown
+
+
 def test_requires_python_is_what_make_test_covers() -> None:
     spec = SpecifierSet(PROJECT["requires-python"])
     assert [v for v in SUPPORTED + ["3.7", "3.14"] if spec.contains(f"{v}.0")] == SUPPORTED
