@@ -22,7 +22,7 @@ from d2lbn import dist, models, sync, train
 # machine, but starting four MXNet processes on a busy one can take minutes
 TIMEOUT = 600
 # One run at a time, on one xdist worker (make's --dist loadgroup): a run is four
-# processes, and runs side by side would share ports' reuse and ps-lite's node ids
+# processes already, and each role of every run has the same ps-lite node id
 pytestmark = pytest.mark.xdist_group("dist")
 TOL = dict(rtol=1e-4, atol=1e-5)
 
