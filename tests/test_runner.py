@@ -114,7 +114,7 @@ def test_parallel_run_equals_sequential_and_respects_loads(out, tmp_path, capsys
     first = write_notebook(tmp_path / "01_a.ipynb", TRAIN.format(seed=0, stem="01_a"))
     # 02 reads 01's records, so it starts only once 01 has finished
     second = write_notebook(tmp_path / "02_b.ipynb", TRAIN.format(seed=1, stem="02_b"),
-                           'len(lab.load("01_a"))')
+                            'len(lab.load("01_a"))')
     assert runner.loads(second) == {"01_a"}
     figures = []
     for jobs in (1, 2):
