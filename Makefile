@@ -35,7 +35,7 @@ NO_DEPS_cpu := "d2l==1.0.3; python_version >= '3.12'" "mxnet==1.9.1; python_vers
 NO_DEPS_gpu := "d2l==1.0.3; python_version >= '3.12'" \
 	"mxnet-cu112==1.9.1; python_version >= '3.13'"
 # The CPU wheel unless an NVIDIA GPU that mxnet-cu112 supports is present
-VARIANT = $(shell $(PYTHON) d2lbn/setup_env.py variant)
+VARIANT = $(shell $(PYTHON) d2lbn/lab/setup_env.py variant)
 # Opt-in GPU install check (not in CI: about 2 GB), in a scratch venv
 GPU_CHECK ?= /tmp/d2lbn-gpu-check
 
@@ -82,7 +82,7 @@ define make-venv
 	@touch $(2)/.ready
 endef
 
-$(READY): pyproject.toml d2lbn/setup_env.py
+$(READY): pyproject.toml d2lbn/lab/setup_env.py
 	$(call make-venv,$(PYTHON),$(VENV),$(VARIANT))
 
 test-pythons: $(addprefix test-python-,$(PYTHONS))  ## unit tests, notebooks 01-03 (quick) under PYTHONS
@@ -94,7 +94,7 @@ test-python-%: data
 	$(if $(PYTHON_X),D2LBN_QUICK=1 D2LBN_JOBS=1 .venv-$*/bin/python -m pytest $(QUICK_NBS) \
 		$(NBVAL_ARGS))
 
-.venv-%/.ready: pyproject.toml d2lbn/setup_env.py
+.venv-%/.ready: pyproject.toml d2lbn/lab/setup_env.py
 	$(call make-venv,$(call find-python,$*),.venv-$*,cpu)
 
 # The gpu variant, imported against a stub driver: libcuda.so.1 exporting the driver functions

@@ -1,7 +1,7 @@
 """Training and evaluation in the spirit of d2l's ``train_ch6``, with a history.
 
 Also data-parallel, as d2l's multi-GPU chapter: over a list of devices in one
-process, and over processes with a ``dist_sync`` kvstore (``d2lbn.dist``).
+process, and over processes with a ``dist_sync`` kvstore (``d2lbn.scale.dist``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import mxnet as mx
 import numpy as onp
 from mxnet import autograd, gluon, init, np
 
-from . import dist, sync
+from .scale import dist, sync
 
 _noted_cpu = False
 

@@ -7,7 +7,8 @@ from mxnet import np
 from mxnet.gluon import nn
 
 import d2lbn
-from d2lbn import activations, models
+from d2lbn import models
+from d2lbn.analysis import activations
 from d2lbn.fast import FastBatchNorm
 
 

@@ -7,7 +7,8 @@ from helpers import batch, train_steps
 from mxnet import autograd, np
 from mxnet.gluon import nn
 
-from d2lbn import bnstats, models
+from d2lbn import models
+from d2lbn.analysis import bnstats
 
 
 def trained(norm, hybridize=True):

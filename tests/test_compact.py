@@ -19,7 +19,7 @@ from norm_refs import (
     inv_sqrt_eigh,
 )
 
-from d2lbn.compact import (
+from d2lbn.norms.compact import (
     LowRankWhitening,
     MonarchWhitening,
     cost,

@@ -16,7 +16,8 @@ import pytest
 from helpers import EPS, MOMENTUM, numpy_batch_norm, synthetic_iters
 from mxnet import autograd, gluon, np
 
-from d2lbn import dist, models, sync, train
+from d2lbn import models, train
+from d2lbn.scale import dist, sync
 
 # A guard against hangs, not a speed limit: a run takes 10 to 15 s on an idle 2-core
 # machine, but starting four MXNet processes on a busy one can take minutes
@@ -260,7 +261,7 @@ def test_a_run_over_its_timeout_stops_and_quotes_every_worker():
 
 def test_ctrl_c_stops_every_role():
     # a shell's background job starts with SIGINT ignored, which Python then keeps
-    code = ("import signal, test_dist\nfrom d2lbn import dist\n"
+    code = ("import signal, test_dist\nfrom d2lbn.scale import dist\n"
             "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
             "dist.launch(test_dist._sleep_job, 2)")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))

@@ -32,7 +32,7 @@ SUPPORTED = ["3.8", "3.9", "3.10", "3.11", "3.12", "3.13"]
 
 # Loaded from its path, not as d2lbn.setup_env: the package's __init__ imports mxnet, and the
 # script must work without it.
-SETUP_ENV = ROOT / "d2lbn" / "setup_env.py"
+SETUP_ENV = ROOT / "d2lbn" / "lab" / "setup_env.py"
 _spec = importlib.util.spec_from_file_location("d2lbn_setup_env", SETUP_ENV)
 assert _spec is not None and _spec.loader is not None
 setup_env = importlib.util.module_from_spec(_spec)

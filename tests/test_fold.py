@@ -7,7 +7,8 @@ from mxnet import gluon, np
 from mxnet.gluon import nn
 
 import d2lbn
-from d2lbn import fold, models, train
+from d2lbn import models, train
+from d2lbn.analysis import fold
 from d2lbn.fast import FastBatchNorm
 
 

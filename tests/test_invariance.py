@@ -7,7 +7,8 @@ from mxnet import autograd, gluon, np
 from mxnet.gluon import nn
 
 import d2lbn
-from d2lbn import invariance, models, train
+from d2lbn import models, train
+from d2lbn.analysis import invariance
 
 
 def numpy_standardize(Z, eps):

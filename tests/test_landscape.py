@@ -9,7 +9,8 @@ from helpers import synthetic_iters
 from mxnet import autograd, gluon, np
 from mxnet.gluon import nn
 
-from d2lbn import landscape, models, train
+from d2lbn import models, train
+from d2lbn.analysis import landscape
 from d2lbn.lab import mode
 
 L2 = gluon.loss.L2Loss()  # per example: the mean over outputs of 0.5 * (prediction - label)^2

@@ -23,7 +23,7 @@ from mxnet.gluon import nn
 import d2lbn
 from d2lbn import models
 from d2lbn.fast import FastBatchNorm
-from d2lbn.whiten import PITNorm, Whitening
+from d2lbn.norms.whiten import PITNorm, Whitening
 
 
 def test_initial_state():

@@ -21,7 +21,7 @@ from norm_refs import (
 )
 
 import d2lbn
-from d2lbn.project import (
+from d2lbn.norms.project import (
     ConeBatchNorm,
     OrbitBatchNorm,
     cone_batch_norm,

@@ -12,7 +12,7 @@ from mxnet.gluon import nn
 import d2lbn
 from d2lbn import models, train
 from d2lbn.functional import channel_axes
-from d2lbn.renorm import BatchRenorm, batch_renorm, renorm_limits
+from d2lbn.norms.renorm import BatchRenorm, batch_renorm, renorm_limits
 
 SHAPES = [(8, 5), (6, 4, 7), (4, 3, 5, 6)]
 EPS, MOMENTUM = 1e-5, 0.99

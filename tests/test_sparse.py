@@ -17,7 +17,7 @@ from mxnet import autograd, gluon, np
 from norm_refs import EPS, MOMENTUM, TOL32, check_gradients, correlated, recorded
 
 from d2lbn import models
-from d2lbn.sparse import (
+from d2lbn.norms.sparse import (
     PrunedBatchNorm,
     apply_masks,
     keep_count,

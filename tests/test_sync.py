@@ -9,7 +9,7 @@ from mxnet.gluon import nn
 
 import d2lbn
 from d2lbn import models
-from d2lbn.sync import (
+from d2lbn.scale.sync import (
     PerShard,
     ShardedSequential,
     SyncBatchNorm,
@@ -301,7 +301,7 @@ def test_bad_input_leaves_the_layer_as_it_was(sync, shapes, dtype, match, traini
 
 
 def test_reduce_names_what_it_sums_and_may_span_more_shards():
-    """The hook that d2lbn.dist fills: counts, sums and squares, each under the layer's name."""
+    """The hook d2lbn.scale.dist fills: counts, sums and squares, each under the layer's name."""
     X = sorted_batch((8, 3, 2, 2))
     head = sorted_batch((8, 3, 2, 2), 10)
     tags = []

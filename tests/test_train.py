@@ -5,8 +5,9 @@ import numpy as onp
 import pytest
 from helpers import synthetic_iters
 
-from d2lbn import models, sync, train
+from d2lbn import models, train
 from d2lbn.lab import mode
+from d2lbn.scale import sync
 
 DEVICES = [mx.cpu(0), mx.cpu(1)]  # two CPU contexts stand in for two GPUs
 

@@ -22,7 +22,7 @@ from norm_refs import (
     recorded,
 )
 
-from d2lbn.whiten import (
+from d2lbn.norms.whiten import (
     PITNorm,
     Whitening,
     group_identity,

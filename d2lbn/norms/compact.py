@@ -44,8 +44,8 @@ import numpy as onp
 from mxnet import autograd, init
 from mxnet.gluon import nn
 
-from .functional import moving_average
-from .layers import HybridBatchNorm
+from ..functional import moving_average
+from ..layers import HybridBatchNorm
 from .whiten import (
     StaticGraph,
     Whitening,

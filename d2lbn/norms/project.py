@@ -34,10 +34,10 @@ import mxnet as mx
 import numpy as onp
 from mxnet import autograd, init
 
+from ..fast import FastBatchNorm
+from ..functional import batch_norm, check_batch_norm_args, moving_average
+from ..layers import HybridBatchNorm
 from .compact import bn_flops
-from .fast import FastBatchNorm
-from .functional import batch_norm, check_batch_norm_args, moving_average
-from .layers import HybridBatchNorm
 from .whiten import StaticGraph
 
 CONES = ("orthant", "lorentz")

@@ -28,9 +28,9 @@ import numpy as onp
 from mxnet import autograd
 from mxnet.gluon.parameter import DeferredInitializationError
 
+from ..fast import FastBatchNorm, stop_gradient
+from ..functional import batch_norm
 from .compact import bn_flops
-from .fast import FastBatchNorm, stop_gradient
-from .functional import batch_norm
 
 
 def check_keep(keep: float) -> float:

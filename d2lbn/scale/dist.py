@@ -152,7 +152,7 @@ def shard(data_iter: gluon.data.DataLoader, rank: int, num_workers: int):
 
 def lenet(norm, sync_bn: bool):
     """The chapter's LeNet; ``sync_bn``: its BN synchronized over the workers."""
-    from . import models
+    from .. import models
 
     net = models.lenet(norm)
     return sync.sharded(net, reduce=all_reduce) if sync_bn else net
@@ -181,7 +181,7 @@ def train(norm, train_iter, test_iter, num_epochs: int, lr: float, num_workers: 
 
 def _train_worker(norm, sync_bn, train_iter, test_iter, num_epochs, lr, seed, hybridize, quiet,
                   save):
-    from . import train as training
+    from .. import train as training
 
     kv = kvstore()
     net = lenet(norm, sync_bn)
@@ -215,7 +215,7 @@ def sgd_steps(norm, batches, lr: float, num_workers: int = 2, sync_bn: bool = Fa
 
 
 def _sgd_steps_worker(norm, batches, lr, sync_bn, seed):
-    from . import train as training
+    from .. import train as training
 
     kv = kvstore()
     training.seed_all(seed)
@@ -289,7 +289,7 @@ def launch(fn, num_workers: int, *, num_servers: int = 1, timeout: float | None 
         roles = [("scheduler", [sys.executable, "-c", "import mxnet"])]
         roles += [(f"server {i}", [sys.executable, "-c", "import mxnet"])
                   for i in range(num_servers)]
-        roles += [(f"worker {i}", [sys.executable, "-m", "d2lbn.dist", str(run)])
+        roles += [(f"worker {i}", [sys.executable, "-m", "d2lbn.scale.dist", str(run)])
                   for i in range(num_workers)]
         procs = {}
         try:

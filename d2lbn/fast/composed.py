@@ -76,8 +76,8 @@ import mxnet as mx
 import numpy as onp
 from mxnet import autograd
 
-from .functional import UNCENTRED, check_batch_norm_args, check_normalize, moving_average
-from .layers import HybridBatchNorm
+from ..functional import UNCENTRED, check_batch_norm_args, check_normalize, moving_average
+from ..layers import HybridBatchNorm
 
 # float16 has no CPU kernels for the matrix products below
 DTYPES = ("float32", "float64")

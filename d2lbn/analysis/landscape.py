@@ -27,7 +27,7 @@ import numpy as onp
 from mxnet import autograd, gluon
 from mxnet.gluon.parameter import DeferredInitializationError
 
-from . import train
+from .. import train
 
 # Step sizes along -g, as multiples of the learning rate (the paper spans about
 # one order of magnitude around the step SGD takes)

@@ -33,9 +33,9 @@ import mxnet as mx
 import numpy as onp
 from mxnet import autograd, init
 
-from .fast import DTYPES
-from .functional import moving_average
-from .layers import HybridBatchNorm
+from ..fast import DTYPES
+from ..functional import moving_average
+from ..layers import HybridBatchNorm
 
 
 def inv_sqrt_newton_schulz(Sigma, iters: int):

@@ -38,7 +38,7 @@ from mxnet import init
 from mxnet.gluon import nn
 
 # The math lives in functional, with batch norm's; re-exported here beside the Blocks
-from .functional import (
+from ..functional import (
     check_num_groups,
     group_norm,
     group_norm_graph,
@@ -49,7 +49,7 @@ from .functional import (
     layer_norm,
     layer_norm_graph,
 )
-from .layers import check_input
+from ..layers import check_input
 
 
 class _ExampleNorm(nn.HybridBlock):

@@ -12,9 +12,9 @@ import numpy as onp
 from mxnet import autograd, np
 from mxnet.gluon import nn
 
-from . import models
-from .fast import stop_gradient
-from .functional import batch_norm
+from .. import models
+from ..fast import stop_gradient
+from ..functional import batch_norm
 
 
 def standardize(Z, eps: float = 1e-5):

@@ -28,9 +28,9 @@ import mxnet as mx
 from mxnet import autograd, init
 from mxnet.gluon import nn
 
-from .fast import stop_gradient
-from .functional import batch_norm, channel_axes, check_batch_norm_args, moments, moving_average
-from .layers import BatchNormBase
+from ..fast import stop_gradient
+from ..functional import batch_norm, channel_axes, check_batch_norm_args, moments, moving_average
+from ..layers import BatchNormBase
 
 # Paper schedule (Inception v3, 32 examples a step, ~130k steps): BN for 5k
 # steps, then r_max reaches 3 at 40k and d_max 5 at 25k. Ours is one linear

@@ -6,7 +6,7 @@ import numpy as onp
 from mxnet import autograd, np
 from mxnet.gluon import nn
 
-from .layers import BatchNormBase
+from ..layers import BatchNormBase
 
 
 def is_batch_norm(layer) -> bool:

@@ -7,7 +7,7 @@ and so do the moving statistics that each device keeps. Synchronized BN shares
 per-channel sums between the devices, so that every shard is normalised with the
 statistics of the whole batch. Its outputs, gradients and moving statistics then
 equal those of single-device BN on the concatenated batch. The same math serves
-several processes: pass a reduction that also sums over them (``d2lbn.dist``).
+several processes: pass a reduction that also sums over them (``d2lbn.scale.dist``).
 
 MXNet's ``gluon.contrib.nn.SyncBatchNorm`` is no help in the book's numpy mode.
 It is a legacy operator, so numpy arrays get a ``TypeError``. In legacy mode it
@@ -30,8 +30,8 @@ import functools
 from mxnet import autograd, np
 from mxnet.gluon import nn
 
-from .functional import DTYPES, batch_norm, channel_axes, check_batch_norm_args, moving_average
-from .layers import BatchNormBase, warn_if_degenerate
+from ..functional import DTYPES, batch_norm, channel_axes, check_batch_norm_args, moving_average
+from ..layers import BatchNormBase, warn_if_degenerate
 
 
 def split_and_load(X, ctxs, sizes=None):
@@ -109,7 +109,7 @@ def sync_batch_norm(Xs, gammas, betas, moving_means, moving_vars, eps, momentum,
     """``batch_norm`` of shards ``Xs`` with their union's statistics; lists as returned above.
 
     ``reduce(arrays, tag)`` sums per-shard arrays over every shard there is, here
-    (``all_reduce``, the default) or also in other processes (``d2lbn.dist``).
+    (``all_reduce``, the default) or also in other processes (``d2lbn.scale.dist``).
     """
     axes = check_shards(Xs, gammas, betas, moving_means, moving_vars, dtypes=SYNC_DTYPES)
     if not autograd.is_training():
@@ -140,7 +140,7 @@ class SyncBatchNorm(BatchNormBase, nn.Block):
     Initialise it on the shards' contexts. Each context keeps its own moving
     statistics: equal everywhere with ``sync=True``, the shard's own with
     ``sync=False`` (as Gluon's ``nn.BatchNorm`` does under data parallelism).
-    ``reduce`` is ``sync_batch_norm``'s: ``d2lbn.dist`` has one that spans processes.
+    ``reduce`` is ``sync_batch_norm``'s: ``d2lbn.scale.dist`` has one that spans processes.
     """
 
     def __init__(self, num_features: int, num_dims: int, eps: float = 1e-5,

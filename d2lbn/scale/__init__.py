@@ -1,0 +1,1 @@
+"""BN beyond one device: synchronized statistics across devices (`sync`) and processes (`dist`)."""
