@@ -6,9 +6,11 @@ import mxnet as mx
 import numpy as onp
 from mxnet import autograd
 
-# The dtypes batch_norm computes in (the fast version and whitening drop float16,
-# which has no CPU kernels for their matrix products)
-DTYPES = ("float16", "float32", "float64")
+# The dtypes batch_norm computes in
+FLOAT_DTYPES = ("float16", "float32", "float64")
+# float16 dropped: MXNet has no float16 matrix products on CPU (the fast path,
+# whitening), and sums over a whole batch pass its largest value, 65504 (sync)
+WIDE_DTYPES = ("float32", "float64")
 # The per-channel arrays that batch_norm takes after X, in its order
 PER_CHANNEL = ("gamma", "beta", "moving_mean", "moving_var")
 
@@ -28,7 +30,7 @@ def channel_axes(ndim: int) -> tuple[int, ...]:
     return (0,) + tuple(range(2, ndim))
 
 
-def check_batch(X, dtypes=DTYPES) -> None:
+def check_batch(X, dtypes=FLOAT_DTYPES) -> None:
     """Raise ``ValueError`` unless ``X`` is a non-empty (N, C, ...) array of one of ``dtypes``."""
     shape, dtype = X.shape, onp.dtype(X.dtype)
     channel_axes(len(shape))
@@ -45,7 +47,7 @@ def check_batch(X, dtypes=DTYPES) -> None:
                          f"input of shape {shape}")
 
 
-def check_batch_norm_args(X, *per_channel, dtypes=DTYPES) -> None:
+def check_batch_norm_args(X, *per_channel, dtypes=FLOAT_DTYPES) -> None:
     """Raise ``ValueError`` unless ``batch_norm`` can take ``X`` and ``gamma, beta, ...``."""
     # Here, before any arithmetic: MXNet reports a bad shape or dtype only when
     # a result is read, and a misfit can broadcast into a wrong result instead

@@ -10,7 +10,7 @@ from mxnet import autograd, init
 from mxnet.gluon import nn
 
 from .functional import (
-    DTYPES,
+    FLOAT_DTYPES,
     batch_norm,
     batch_norm_graph,
     channel_axes,
@@ -19,7 +19,8 @@ from .functional import (
 )
 
 
-def check_input(X, num_features: int, num_dims: int, dtype=None, dtypes=DTYPES) -> None:
+def check_input(X, num_features: int, num_dims: int, dtype=None,
+                dtypes=FLOAT_DTYPES) -> None:
     """Raise ``ValueError`` unless ``X`` fits a layer: axes, channels, values, ``dtype``."""
     shape = X.shape
     if len(shape) != num_dims:
@@ -50,10 +51,14 @@ def warn_if_degenerate(X) -> bool:
 
 
 class BatchNormBase:
-    """Shared parameters and checks of the two BatchNorm Blocks."""
+    """What every BN Block shares: parameters, moving state, checks, ``_store`` and repr."""
 
     # The input dtypes the layer computes in; the parameters' dtype must match
-    dtypes = DTYPES
+    dtypes = FLOAT_DTYPES
+    # The moving state, in the order the math returns it after Y; _store writes it
+    stats: tuple[str, ...] = ("moving_mean", "moving_var")
+    # Attributes that repr shows between num_dims and eps
+    repr_args: tuple[str, ...] = ()
 
     def _setup(self, num_features: int, num_dims: int, eps: float, momentum: float,
                normalize: str) -> None:
@@ -74,12 +79,16 @@ class BatchNormBase:
         self._add_moving_stats(shape)
 
     def _add_moving_stats(self, shape) -> None:
-        # Moving statistics are Parameters without gradient, so that
-        # save_parameters/load_parameters and context moves carry them
-        self.moving_mean = self.params.get("moving_mean", shape=shape, init=init.Zero(),
-                                           grad_req="null", differentiable=False)
-        self.moving_var = self.params.get("moving_var", shape=shape, init=init.One(),
-                                          grad_req="null", differentiable=False)
+        # The mean and variance, where stats names them; a subclass adds the rest
+        for name, start in (("moving_mean", init.Zero()), ("moving_var", init.One())):
+            if name in self.stats:
+                self._add_state(name, shape, start)
+
+    def _add_state(self, name: str, shape, start, **kwargs) -> None:
+        # Moving state is a Parameter without gradient, so that
+        # save_parameters/load_parameters and context moves carry it
+        setattr(self, name, self.params.get(name, shape=shape, init=start, grad_req="null",
+                                            differentiable=False, **kwargs))
 
     def _check_input(self, X) -> None:
         check_input(X, self.num_features, self.num_dims, self.gamma.dtype, self.dtypes)
@@ -90,21 +99,21 @@ class BatchNormBase:
         if autograd.is_training():
             warn_if_degenerate(X)
 
-    def _store(self, moving_mean, moving_var) -> None:
+    def _store(self, *values) -> None:
         # Outside the recording: a write into an array that a recorded graph has
-        # seen is refused, and the statistics need no gradient anyway. Only the
-        # copy on this batch's context: with data parallelism each device keeps
-        # its own statistics, as Gluon's BatchNorm does (writing every copy would
-        # chain the devices' updates). copyto, not Parameter.set_data: its index
-        # assignment costs 0.2 ms of Python per call against 0.035 ms
+        # seen is refused. Only the copy on the value's context: with data
+        # parallelism each device keeps its own statistics, as Gluon's BatchNorm
+        # does (writing every copy would chain the devices' updates). copyto, not
+        # Parameter.set_data, whose index assignment costs several times more
         with autograd.pause():
-            for param, value in ((self.moving_mean, moving_mean), (self.moving_var, moving_var)):
-                value.copyto(param.data(value.ctx))
+            for name, value in zip(self.stats, values):
+                value.copyto(getattr(self, name).data(value.ctx))
 
     def __repr__(self) -> str:
+        args = "".join(f", {name}={getattr(self, name)!r}" for name in self.repr_args)
         # Only a lite layer names its mode: the book's layer prints as it always did
         lite = "" if self.normalize == "full" else f", normalize={self.normalize!r}"
-        return (f"{type(self).__name__}({self.num_features}, num_dims={self.num_dims}, "
+        return (f"{type(self).__name__}({self.num_features}, num_dims={self.num_dims}{args}, "
                 f"eps={self.eps}, momentum={self.momentum}{lite})")
 
 
@@ -133,11 +142,14 @@ class BatchNorm(BatchNormBase, nn.Block):
 class HybridBatchNorm(BatchNormBase, nn.HybridBlock):
     """``BatchNorm`` as a HybridBlock: ``hybridize()`` compiles the same math.
 
-    The compiled graph returns the new moving statistics to Python, which stores
-    them, so hybridize it on its own (or inside an ``nn.Sequential``, whose
-    ``hybridize()`` compiles each child): a ``HybridSequential`` parent would try
-    to fold it into one graph that cannot write its state back.
+    The compiled graph returns the new moving statistics (``stats``), which
+    ``forward`` stores; so hybridize it on its own or inside ``nn.Sequential``,
+    never inside a hybridized ``HybridSequential``. A subclass extends
+    ``_trace_key`` with what else its graph is built for.
     """
+
+    # hybridize() with static_alloc and static_shape unless told otherwise
+    static_graph = False
 
     def __init__(self, num_features: int, num_dims: int, eps: float = 1e-5,
                  momentum: float = 0.9, normalize: str = "full", **kwargs):
@@ -145,20 +157,32 @@ class HybridBatchNorm(BatchNormBase, nn.HybridBlock):
         self._setup(num_features, num_dims, eps, momentum, normalize)
         self._traced_training = None
 
+    def _trace_key(self, X) -> dict:
+        """What the graph is traced for, kept as ``self._traced_<key>``; a change retraces."""
+        # The mode is a Python branch in the graph: it retraces twice an epoch at most
+        return {"training": autograd.is_training()}
+
+    def hybridize(self, active=True, **kwargs):
+        if self.static_graph:
+            # The graph keeps its buffers between calls; another batch size is re-planned
+            kwargs.setdefault("static_alloc", True)
+            kwargs.setdefault("static_shape", kwargs["static_alloc"])
+        super().hybridize(active, **kwargs)
+
     def forward(self, X):
         if isinstance(X, mx.sym.Symbol):
-            raise TypeError("HybridBatchNorm cannot sit inside a hybridized HybridSequential: "
-                            "use nn.Sequential, whose hybridize() compiles each layer")
+            raise TypeError(f"{type(self).__name__} cannot sit inside a hybridized "
+                            "HybridSequential: use nn.Sequential, whose hybridize() compiles "
+                            "each layer")
         self._check(X)
-        training = autograd.is_training()
-        # The mode is a Python branch, fixed when the graph is traced:
-        # retrace when it changes (twice an epoch at most)
-        if training != self._traced_training:
+        key = self._trace_key(X)
+        if any(getattr(self, f"_traced_{k}", None) != v for k, v in key.items()):
             self._clear_cached_op()
-            self._traced_training = training
-        Y, moving_mean, moving_var = super().forward(X)
-        if training:
-            self._store(moving_mean, moving_var)
+            for k, v in key.items():
+                setattr(self, f"_traced_{k}", v)
+        Y, *stats = super().forward(X)
+        if self._traced_training:
+            self._store(*stats)
         return Y
 
     def hybrid_forward(self, F, X, gamma, beta, moving_mean, moving_var):

@@ -1,8 +1,10 @@
 """ZCA (group) whitening and PIT normalisation against float64 NumPy references."""
 
+import functools
 import math
 import warnings
 
+import mxnet as mx
 import numpy as onp
 import pytest
 from helpers import batch, check_hybridized_equals_imperative, param_shape
@@ -22,6 +24,7 @@ from norm_refs import (
     recorded,
 )
 
+from d2lbn.norms.compact import LowRankWhitening
 from d2lbn.norms.whiten import (
     PITNorm,
     Whitening,
@@ -330,3 +333,30 @@ def test_pit_gradients_by_finite_differences(shape):
     fn = lambda *a: pit_norm(*a, np.zeros(ps, dtype="float64"), np.ones(ps, dtype="float64"),
                              EPS, MOMENTUM)
     check_gradients(fn, X, gamma, beta, head)
+
+
+
+@pytest.mark.parametrize("make", [functools.partial(Whitening, 4, 4, group_size=2),
+                                  functools.partial(PITNorm, 4, 4),
+                                  functools.partial(LowRankWhitening, 4, 4)],
+                         ids=["Whitening", "PITNorm", "LowRankWhitening"])
+def test_each_device_keeps_its_own_moving_state(make):
+    # Data parallelism as train runs it: each device's forward in turn. Given
+    # the same shard, each device's copy must move as in one-device training; a
+    # layer that wrote every copy would chain the second update on the first
+    X = correlated((6, 4, 3, 3), seed=3).astype("float32")
+    ctxs = [mx.cpu(0), mx.cpu(1)]
+    start, one, two = make(), make(), make()
+    start.initialize()
+    one.initialize()
+    two.initialize(ctx=ctxs)
+    with autograd.record():
+        one(np.array(X))
+        for ctx in ctxs:
+            two(np.array(X, ctx=ctx))
+    for name in one.stats:
+        want = getattr(one, name).data().asnumpy()
+        assert not onp.allclose(want, getattr(start, name).data().asnumpy())  # it moved
+        for copy in getattr(two, name).list_data():
+            # the same float32 operations on the same values: equal bit for bit
+            onp.testing.assert_array_equal(copy.asnumpy(), want)

@@ -1,73 +1,9 @@
-"""A from-scratch batch norm built for MXNet's fast CPU kernels.
+"""The chapter's batch norm rearranged for MXNet's fast CPU kernels; same contract and numbers.
 
-Same contract and numbers as ``functional.batch_norm``; only the arrangement of
-the arithmetic differs. The book's version is slow on CPU not because of Python
-but because MXNet's CPU broadcast and reduce kernels are: ``X - mean`` walks an
-index per element and its backward is a reduce, ``mean(axis=(0, 2, 3))`` is a
-slow reduce, ``X ** 2`` is a slow power kernel. So this version
-
-- applies each per-channel affine map (``X - K``, ``a * Xc + b``) as a 1x1
-  convolution (oneDNN), forward and backward;
-- sums per channel with matrix products along the last axis
-  (``fully_connected`` with a row of ones), never with a reduce kernel;
-- squares with ``np.square``, not ``** 2``;
-- never reshapes a full-size 4-D array (in a compiled graph that is a copy);
-- shifts by a per-channel value K (the first example's mean) before squaring:
-  one pass gives both moments, and float32 keeps the variance where the
-  unshifted ``E[x^2] - E[x]^2`` would cancel (mean 1000, variance 1).
-
-Nothing here is a normalisation operator: convolution, fully_connected, dot,
-square and elementwise arithmetic only. Autograd derives the backward pass.
-
-Dtypes: float32 and float64, each computed in its own dtype (the constants are
-built in the input's). float16 is refused with a ``ValueError``: MXNet 1.9.1
-has no float16 matrix products on CPU (``dot``, ``fully_connected``), which
-this version is built on; the book's ``functional.batch_norm`` takes float16.
-
-Timing log, forward+backward of one BN on (256, 6, 24, 24), median ms, 2-core
-CPU (MXNet 1.9.1, oneDNN), each version hybridized unless said otherwise:
-
-  book, imperative (d2lbn.batch_norm)                 316
-  book, hybridized                                    236
-  sums as matrix products, broadcasting arithmetic    225  (broadcast backward = reduce)
-  avg-pool sums + grouped 1x1 convolutions            210  (global avg pooling backward: 100)
-  grouped 1x1 convolutions + matrix-product sums     14.6
-  dense diagonal 1x1 convolutions + same sums        14.3
-  + shift by the first example, one pass (this)      11.3
-  fused npx.batch_norm / nn.BatchNorm hybridized     6.9 / 6.6
-
-The primitives behind it (fwd / fwd+bwd ms on the same shape; a copy is 0.47):
-X - m 5.3 / 35; dense 1x1 conv 1.1 / 3.0; grouped 1x1 conv 1.8 / 3.9;
-X.mean(axis=(0, 2, 3)) 15.6 / 17.4; global avg pooling 0.8 / 100;
-fully_connected row sums 0.4 / 0.8; X ** 2 14 / 29; np.square 0.55 / 1.55.
-What is left is the count of full-size passes: about 5 forward and 6 backward
-(with gradient sums between them) against the fused operator's 2 kernels.
-
-What bounds it (``bench``'s "1x1 conv" column): a BN from general operations
-must scale each channel of the whole array at least once, and a 1x1
-convolution is the fastest general kernel that does; this version runs two
-(the shift and the output map), and the shift is what keeps float32 exact.
-Two of them alone, forward and backward, already take 11.1 ms on
-(256, 6, 24, 24) and 4.7 ms on (256, 16, 8, 8), against the fused operator's
-9.7 and 3.7 ms (one bench run). Tried and dropped, same machine:
-
-- a CustomOp with a hand-written NumPy forward and backward (two-pass
-  variance, results written straight into MXNet's buffers): 12.9 ms against
-  the fused operator's 9.2 in the same run. The Python bridge alone costs
-  1.4 ms for an identity op's forward and backward, more than the whole
-  fused operator on (256, 120) (1.0 ms), and NumPy's passes ran about 1.5x
-  slower inside the op than on their own;
-- grouped rather than dense 1x1 convolutions at 16 channels: within noise;
-- at 16 channels oneDNN hands the sums a blocked layout, which costs a
-  reorder: a shift convolution with one extra (zero) output channel avoids
-  it, 6.8 against 7.4 ms on (256, 16, 8, 8); dropped, as it is 1% of a
-  LeNet step for an odd-looking graph;
-- one shift per position (X - X[0] by broadcasting, sums over the batch
-  axis as matrix products, one convolution only): 33 against 14.4 ms for
-  this version on (256, 6, 24, 24);
-- sums with a depthwise HxW convolution, or over the two trailing axes with
-  a reduce kernel: slower than the matrix products (7.1 and 9.1 against 5.7
-  ms with the shift convolution on (256, 16, 8, 8)).
+Per-channel affine maps run as 1x1 convolutions and per-channel sums as matrix
+products (MXNet's CPU broadcast and reduce kernels are slow); one shift by the
+first example gives both moments without float32 cancellation. No normalisation
+operator: autograd derives the backward pass. float32 and float64 only.
 """
 
 from __future__ import annotations
@@ -76,17 +12,23 @@ import mxnet as mx
 import numpy as onp
 from mxnet import autograd
 
-from ..functional import UNCENTRED, check_batch_norm_args, check_normalize, moving_average
+from ..functional import (
+    UNCENTRED,
+    WIDE_DTYPES,
+    check_batch_norm_args,
+    check_normalize,
+    moving_average,
+)
 from ..layers import HybridBatchNorm
 
-# float16 has no CPU kernels for the matrix products below
-DTYPES = ("float32", "float64")
+DTYPES = WIDE_DTYPES  # the name d2lbn.fast re-exports
 
 
 def batch_norm_fast(X, gamma, beta, moving_mean, moving_var, eps, momentum,
                     normalize="full"):
     """``batch_norm`` built from fast kernels; return ``(Y, moving_mean, moving_var)``."""
-    check_batch_norm_args(X, gamma, beta, moving_mean, moving_var, dtypes=DTYPES)
+    # (float16 is refused: MXNet has no float16 matrix products on CPU)
+    check_batch_norm_args(X, gamma, beta, moving_mean, moving_var, dtypes=WIDE_DTYPES)
     return batch_norm_fast_graph(mx, X, gamma, beta, moving_mean, moving_var, eps, momentum,
                                  num_features=X.shape[1], spatial=tuple(X.shape[2:]),
                                  training=autograd.is_training(), normalize=normalize,
@@ -174,9 +116,9 @@ def _like(F, Y4, X, spatial):
 def affine(F, X4, a, b, C):
     """``a[c] * X4 + b[c]`` per channel (``a=None``: 1) as a 1x1 convolution (oneDNN)."""
     # A dense C x C convolution with a diagonal weight: for few channels oneDNN
-    # runs it faster than the grouped (num_group=C) one, forward and backward
-    # (3.0 vs 3.9 ms at C=6); the wasted multiply-adds cost C times the work,
-    # so with many channels (64: 407 vs 337 ms) the grouped form wins.
+    # runs it faster than the grouped (num_group=C) one, forward and backward;
+    # its wasted multiply-adds cost C times the work, so with many channels
+    # the grouped form wins (the README's benchmark has the crossover)
     if a is None:
         a = F.np.ones_like(b)  # (from b, to have X's dtype)
     if C <= _DENSE_MAX_CHANNELS:
@@ -237,39 +179,15 @@ def _batch_norm_2d(F, X, gamma, beta, moving_mean, moving_var, eps, momentum, tr
 
 
 class FastBatchNorm(HybridBatchNorm):
-    """``HybridBatchNorm`` with ``batch_norm_fast`` inside: same parameters, state and checks.
+    """``HybridBatchNorm`` with ``batch_norm_fast`` inside: same parameters, state and checks."""
 
-    Hybridize it on its own or inside ``nn.Sequential`` (as ``models.lenet('fast')``
-    does), never inside a hybridized ``HybridSequential``: the compiled graph
-    returns the new moving statistics, which the block stores. float32 and
-    float64 (after ``cast('float64')``); float16 is refused, as by ``batch_norm_fast``.
-    """
+    dtypes = WIDE_DTYPES
+    static_graph = True
 
-    dtypes = DTYPES
-
-    def __init__(self, num_features: int, num_dims: int, eps: float = 1e-5,
-                 momentum: float = 0.9, normalize: str = "full", **kwargs):
-        super().__init__(num_features, num_dims, eps=eps, momentum=momentum,
-                         normalize=normalize, **kwargs)
-        self._traced_spatial = self._traced_dtype = None
-
-    def hybridize(self, active=True, **kwargs):
-        # The compiled graph keeps its buffers and shapes between calls (a few
-        # per cent of a LeNet step); another batch size still works, re-planned
-        kwargs.setdefault("static_alloc", True)
-        kwargs.setdefault("static_shape", kwargs["static_alloc"])
-        super().hybridize(active, **kwargs)
-
-    def forward(self, X):
-        # The graph is built for the input's spatial shape and dtype (not its
-        # batch size): retrace when they change, as HybridBatchNorm does when
-        # the mode changes. (Bad input is refused next, before any state moves)
-        if not isinstance(X, mx.sym.Symbol):
-            traced = (tuple(X.shape[2:]), onp.dtype(X.dtype))
-            if traced != (self._traced_spatial, self._traced_dtype):
-                self._clear_cached_op()
-                self._traced_spatial, self._traced_dtype = traced
-        return super().forward(X)
+    def _trace_key(self, X) -> dict:
+        # The graph is built for the input's spatial shape and dtype, not its batch size
+        return {**super()._trace_key(X), "spatial": tuple(X.shape[2:]),
+                "dtype": onp.dtype(X.dtype)}
 
     def hybrid_forward(self, F, X, gamma, beta, moving_mean, moving_var):
         return batch_norm_fast_graph(F, X, gamma, beta, moving_mean, moving_var, self.eps,

@@ -1,38 +1,14 @@
 """Compact covariance estimates for whitening: diagonal plus low rank, and Monarch.
 
-Full ZCA whitening (``whiten``) keeps a C x C whitening matrix per layer and
-pays Newton-Schulz iterations on the C x C covariance; group whitening keeps
-only its diagonal blocks and ignores the correlations between groups. Two
-other structures with few numbers but every channel coupled to every other:
+- ``lowrank_whiten``: ``Sigma ~ D + U U^T`` with ``U`` of rank ``k`` from a few
+  warm-started power iterations; the whitening matrix from ``k`` rank-one
+  (Woodbury) updates of ``D^{-1/2}``. State: ``C (k + 2)`` numbers.
+- ``monarch_whiten``: a Monarch whitening matrix ``P^T L P R`` (Dao et al.,
+  ICML 2022), block-diagonal ``R`` (m blocks of n x n) and ``L`` (n of m x m)
+  for ``C = m n`` channels; exact when ``Sigma`` is a Kronecker product.
+  State: ``C (m + n)`` numbers against full ZCA's ``C^2``.
 
-- ``lowrank_whiten``: ``Sigma ~ D + U U^T``, ``D`` diagonal and ``U`` of rank
-  ``k`` (factor analysis' model). ``U`` comes from a few power iterations on the
-  batch covariance, warm-started from the moving factor, one column at a time
-  with Nystrom deflation; the whitening matrix from ``k`` rank-one updates of
-  ``D^{-1/2}`` (the Woodbury identity for ``(I + w w^T)^{-1/2}``), so no C x C
-  inverse square root, and no iteration for it. State: ``C (k + 2)`` numbers.
-- ``monarch_whiten``: the whitening matrix is a Monarch matrix (Dao et al.,
-  ICML 2022), ``P^T L P R`` with ``R`` block-diagonal (m blocks of n x n), ``P``
-  the stride permutation of ``C = m n`` channels and ``L`` block-diagonal
-  (n blocks of m x m). ``R`` whitens groups of n consecutive channels, ``L``
-  then whitens, across those groups, the channels at the same place within
-  them. Exact when ``Sigma = A (x) B`` (a Kronecker product, as K-FAC assumes);
-  otherwise a partial whitening. State: ``C (m + n)`` numbers against ``C^2``.
-
-Like ``whiten`` (whose helpers these reuse), built from matrix products and 1x1
-convolutions: the data are read once for the covariance and once for the
-output, whatever the structure, as one dense C x C map each (at LeNet's widths
-oneDNN's dense 1x1 convolution is the fastest way to apply any of them).
-
-What they cost (``cost``), at the widths of LeNet's BN layers C = 6, 16, 120,
-84: numbers held beyond BN's 4 C, rank 2: 12 / 32 / 240 / 168; Monarch:
-24 / 112 / 2520 / 1512; full ZCA's C x C matrix: 30 / 240 / 14280 / 6972.
-Forward+backward, hybridized, float32, CPU time per call (median of 11, ms,
-2-core machine shared with other jobs) on (256, 6, 24, 24) / (256, 16, 8, 8) /
-(256, 120): nn.BatchNorm 7.9 / 3.7 / 1.1, full ZCA 24 / 11 / 13, rank 2
-22 / 10 / 6.9, Monarch 19 / 7.4 / 8.2. On the convolutional layers the two
-passes over the data cost most, whatever the structure; the structures pay
-on the dense layer, where full ZCA's Newton-Schulz on 120 x 120 dominates.
+``cost`` counts what each holds and computes.
 """
 
 from __future__ import annotations
@@ -42,12 +18,10 @@ import math
 import mxnet as mx
 import numpy as onp
 from mxnet import autograd, init
-from mxnet.gluon import nn
 
-from ..functional import moving_average
+from ..functional import WIDE_DTYPES, moving_average
 from ..layers import HybridBatchNorm
 from .whiten import (
-    StaticGraph,
     Whitening,
     affine,
     centred_moments,
@@ -57,8 +31,6 @@ from .whiten import (
     working,
 )
 
-# Matrix products: MXNet has no float16 ones on CPU
-DTYPES = ("float32", "float64")
 # Added under a square root where a vector's length may be exactly 0, so that
 # normalising it gives 0, not NaN (far below any length that matters)
 TINY = 1e-30
@@ -246,53 +218,13 @@ def stride_permutation(m: int, n: int, dtype="float32"):
 
 # -- the Blocks -------------------------------------------------------------------------------
 
-class _StatefulNorm(StaticGraph, HybridBatchNorm):
-    """``HybridBatchNorm`` whose graph returns the moving statistics named in ``stats``."""
-
-    dtypes = DTYPES
-    stats: tuple[str, ...] = ("moving_mean",)
-
-    def _add_moving_stats(self, shape) -> None:
-        # Only the mean here: each subclass adds the statistics of its structure
-        self.moving_mean = self.params.get("moving_mean", shape=shape, init=init.Zero(),
-                                           grad_req="null", differentiable=False)
-
-    def _add_state(self, name, shape, value) -> None:
-        setattr(self, name, self.params.get(name, shape=shape, grad_req="null",
-                                            differentiable=False, init=init.Constant(value)))
-
-    def forward(self, X):
-        # HybridBatchNorm.forward, for any number of statistics
-        if isinstance(X, mx.sym.Symbol):
-            raise TypeError(f"{type(self).__name__} cannot sit inside a hybridized "
-                            "HybridSequential: use nn.Sequential")
-        self._check(X)
-        training = autograd.is_training()
-        if training != self._traced_training:
-            self._clear_cached_op()
-            self._traced_training = training
-        Y, *stats = nn.HybridBlock.forward(self, X)
-        if training:
-            self._store(*stats)
-        return Y
-
-    def _store(self, *values) -> None:
-        with autograd.pause():
-            for name, value in zip(self.stats, values):
-                value.copyto(getattr(self, name).data(value.ctx))
-
-    def _repr_extra(self) -> str:
-        return ""
-
-    def __repr__(self) -> str:
-        return (f"{type(self).__name__}({self.num_features}, num_dims={self.num_dims}"
-                f"{self._repr_extra()}, eps={self.eps}, momentum={self.momentum})")
-
-
-class LowRankWhitening(_StatefulNorm):
+class LowRankWhitening(HybridBatchNorm):
     """``lowrank_whiten`` as a Block: ``Sigma ~ D + U U^T`` of rank ``rank``, moving D and U."""
 
+    dtypes = WIDE_DTYPES
+    static_graph = True
     stats = ("moving_mean", "moving_diag", "moving_factor")
+    repr_args = ("rank", "power_iters")
 
     def __init__(self, num_features: int, num_dims: int, rank: int = 2, power_iters: int = 2,
                  eps: float = 1e-5, momentum: float = 0.9, **kwargs):
@@ -303,8 +235,9 @@ class LowRankWhitening(_StatefulNorm):
             raise ValueError(f"power_iters must be an int >= 0, got {power_iters!r}")
         self.rank, self.power_iters = rank, power_iters
         shape = self.moving_mean.shape
-        self._add_state("moving_diag", shape, onp.ones(shape))
-        self._add_state("moving_factor", (num_features, rank), factor_init(num_features, rank))
+        self._add_state("moving_diag", shape, init.One())
+        self._add_state("moving_factor", (num_features, rank),
+                        init.Constant(factor_init(num_features, rank)))
 
     def hybrid_forward(self, F, X, gamma, beta, moving_mean, moving_diag, moving_factor):
         return lowrank_whiten_graph(F, X, gamma, beta, moving_mean, moving_diag, moving_factor,
@@ -318,14 +251,14 @@ class LowRankWhitening(_StatefulNorm):
         # covariance and the output map, dense C x C each; then the factor and W
         return _whitening_flops(shape) + 2 * C * C * k * (p + 5)
 
-    def _repr_extra(self) -> str:
-        return f", rank={self.rank}, power_iters={self.power_iters}"
 
-
-class MonarchWhitening(_StatefulNorm):
+class MonarchWhitening(HybridBatchNorm):
     """``monarch_whiten`` as a Block: ``C = m n`` channels, moving R and L blocks."""
 
+    dtypes = WIDE_DTYPES
+    static_graph = True
     stats = ("moving_mean", "moving_right", "moving_left")
+    repr_args = ("blocks", "iters")
 
     def __init__(self, num_features: int, num_dims: int, blocks: tuple[int, int] | None = None,
                  iters: int = 5, eps: float = 1e-5, momentum: float = 0.9, **kwargs):
@@ -338,8 +271,10 @@ class MonarchWhitening(_StatefulNorm):
         if not isinstance(iters, int) or iters < 1:
             raise ValueError(f"iters must be a positive int, got {iters!r}")
         self.blocks, self.iters = (m, n), iters
-        self._add_state("moving_right", (m, n, n), onp.broadcast_to(onp.eye(n), (m, n, n)))
-        self._add_state("moving_left", (n, m, m), onp.broadcast_to(onp.eye(m), (n, m, m)))
+        self._add_state("moving_right", (m, n, n),
+                        init.Constant(onp.broadcast_to(onp.eye(n), (m, n, n))))
+        self._add_state("moving_left", (n, m, m),
+                        init.Constant(onp.broadcast_to(onp.eye(m), (n, m, m))))
 
     def hybrid_forward(self, F, X, gamma, beta, moving_mean, moving_right, moving_left):
         return monarch_whiten_graph(F, X, gamma, beta, moving_mean, moving_right, moving_left,
@@ -354,9 +289,6 @@ class MonarchWhitening(_StatefulNorm):
         # (2 C^2 n each for a product and a weighted sum); W, one product an entry
         return (_whitening_flops(shape) + 6 * self.iters * (m * n ** 3 + n * m ** 3)
                 + 4 * C * C * n + C * C)
-
-    def _repr_extra(self) -> str:
-        return f", blocks={self.blocks}, iters={self.iters}"
 
 
 # -- what they cost ---------------------------------------------------------------------------

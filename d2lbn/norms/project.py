@@ -1,29 +1,12 @@
 """Normalise, then project: onto a convex cone, or onto the functions a symmetry group fixes.
 
-- ``cone_batch_norm``: BN, then the Euclidean projection of each example's
-  channel vector (at each position) onto a closed convex cone. For the
-  non-negative orthant that projection is ``max(y, 0)`` elementwise, so a ReLU
-  after BN is exactly this projection; the second-order (Lorentz) cone
-  ``{(t, x): |x| <= t}``, with channel 0 as ``t``, couples the channels.
-- ``orbit_batch_norm``: BN with statistics per channel *and position*, each
-  averaged over the orbit of its position under a group of symmetries of the
-  square (the four 90-degree rotations, the horizontal flip, or both): the
-  statistics of the batch augmented by its rotated (flipped) copies. Turning
-  any one example then leaves the batch's orbit, and so the statistics,
-  unchanged: that example's output turns with it, the others' stay, and in
-  prediction (symmetric moving statistics) each example's output turns with
-  its input. Per-position BN without the orbit average (``group="trivial"``)
-  has neither property; it is equivariant only when the whole batch turns.
-  BN itself, with statistics per channel over all positions, needs no orbit:
-  a rotation only permutes the positions it averages over, so the augmented
-  batch has BN's statistics (the tests check it): BN has both properties already.
-
-Forward+backward, hybridized, float32, CPU time per call (median of 11, ms) on
-(256, 6, 24, 24) / (256, 16, 8, 8) / (256, 120): nn.BatchNorm 7.9 / 3.7 / 1.1,
-FastBatchNorm 11 / 5.4 / 1.8, orthant 12.9 / 7.1 / 1.9, Lorentz 28 / 12.9 / 2.6,
-orbit (rotations) 21 / 8.6 / 1.4, orbit (rotations and flips) 27 / 7.8 / 2.6.
-The orbit layers keep 2 C H W moving statistics (6912 on LeNet's first layer)
-where C times the number of orbits (144 for the rotations of 24 x 24) would do.
+- ``cone_batch_norm``: BN, then each example's channel vector projected onto a
+  closed convex cone: the non-negative orthant (that is, a ReLU) or the Lorentz
+  cone ``{(t, x): |x| <= t}`` with channel 0 as ``t``.
+- ``orbit_batch_norm``: BN with statistics per channel and position, averaged
+  over each position's orbit under a group of the square's symmetries, so that
+  turning one example turns its output and leaves the others'. (BN itself,
+  averaging over all positions, has this property already.)
 """
 
 from __future__ import annotations
@@ -35,10 +18,9 @@ import numpy as onp
 from mxnet import autograd, init
 
 from ..fast import FastBatchNorm
-from ..functional import batch_norm, check_batch_norm_args, moving_average
+from ..functional import WIDE_DTYPES, batch_norm, check_batch_norm_args, moving_average
 from ..layers import HybridBatchNorm
 from .compact import bn_flops
-from .whiten import StaticGraph
 
 CONES = ("orthant", "lorentz")
 # Each group as its elements' (quarter turns, then a horizontal flip or not)
@@ -120,6 +102,8 @@ class ConeBatchNorm(FastBatchNorm):
     channel 0 as ``t``, at each example and position.
     """
 
+    repr_args = ("cone",)
+
     def __init__(self, num_features: int, num_dims: int, cone: str = "orthant",
                  eps: float = 1e-5, momentum: float = 0.9, **kwargs):
         super().__init__(num_features, num_dims, eps=eps, momentum=momentum, **kwargs)
@@ -136,10 +120,6 @@ class ConeBatchNorm(FastBatchNorm):
     def flops(self, shape) -> int:
         """Leading-order FLOPs of a training-mode forward pass: BN's and the projection's."""
         return bn_flops(shape) + (1 if self.cone == "orthant" else 8) * math.prod(shape)
-
-    def __repr__(self) -> str:
-        return (f"{type(self).__name__}({self.num_features}, num_dims={self.num_dims}, "
-                f"cone={self.cone!r}, eps={self.eps}, momentum={self.momentum})")
 
 
 # -- statistics shared across a group's orbits ------------------------------------------------
@@ -222,7 +202,7 @@ def orbit_batch_norm_graph(F, X, gamma, beta, moving_mean, moving_var, eps, mome
     return F.npx.reshape_like(Y, X), moving_mean, moving_var
 
 
-class OrbitBatchNorm(StaticGraph, HybridBatchNorm):
+class OrbitBatchNorm(HybridBatchNorm):
     """``orbit_batch_norm`` as a Block: moving statistics per channel and position.
 
     The positions are known at the first call, which fixes the moving
@@ -230,7 +210,9 @@ class OrbitBatchNorm(StaticGraph, HybridBatchNorm):
     On ``(N, C)`` input it is BN.
     """
 
-    dtypes = ("float32", "float64")
+    dtypes = WIDE_DTYPES
+    static_graph = True
+    repr_args = ("group",)
 
     def __init__(self, num_features: int, num_dims: int, group: str = "rot90",
                  eps: float = 1e-5, momentum: float = 0.9, **kwargs):
@@ -238,31 +220,31 @@ class OrbitBatchNorm(StaticGraph, HybridBatchNorm):
             raise ValueError(f"OrbitBatchNorm takes num_dims 2 or 4, got {num_dims!r}")
         check_group(group, ())
         super().__init__(num_features, num_dims, eps=eps, momentum=momentum, **kwargs)
-        self.group, self._traced_spatial = group, None
+        self.group = group
 
     def _add_moving_stats(self, shape) -> None:
         # One statistic per channel and position: H and W (0 here: unknown) are
         # filled in at the first call, by infer_shape
         shape = shape[:2] + (0, 0) if len(shape) == 4 else shape
         for name, start in (("moving_mean", init.Zero()), ("moving_var", init.One())):
-            setattr(self, name, self.params.get(name, shape=shape, init=start, grad_req="null",
-                                                differentiable=False, allow_deferred_init=True))
+            self._add_state(name, shape, start, allow_deferred_init=True)
 
     def infer_shape(self, X, *args) -> None:
         for param in (self.moving_mean, self.moving_var):
             param.shape = (1,) + tuple(X.shape[1:])
 
-    def forward(self, X):
-        if not isinstance(X, mx.sym.Symbol):
-            spatial = tuple(X.shape[2:])
-            check_group(self.group, spatial)
-            known = self.moving_mean.shape[2:]
-            # (unknown sizes are -1 under MXNet's NumPy shape semantics)
-            if spatial and min(known) > 0 and spatial != known:
-                raise ValueError(f"{type(self).__name__} keeps statistics for {known[0]} x "
-                                 f"{known[1]} maps, got input of shape {X.shape}")
-            self._traced_spatial = spatial
-        return super().forward(X)
+    def _check(self, X) -> None:
+        super()._check(X)
+        spatial = tuple(X.shape[2:])
+        check_group(self.group, spatial)
+        known = self.moving_mean.shape[2:]
+        # (unknown sizes are -1 under MXNet's NumPy shape semantics)
+        if spatial and min(known) > 0 and spatial != known:
+            raise ValueError(f"{type(self).__name__} keeps statistics for {known[0]} x "
+                             f"{known[1]} maps, got input of shape {X.shape}")
+
+    def _trace_key(self, X) -> dict:
+        return {**super()._trace_key(X), "spatial": tuple(X.shape[2:])}
 
     def hybrid_forward(self, F, X, gamma, beta, moving_mean, moving_var):
         return orbit_batch_norm_graph(F, X, gamma, beta, moving_mean, moving_var, self.eps,
@@ -273,10 +255,6 @@ class OrbitBatchNorm(StaticGraph, HybridBatchNorm):
     def flops(self, shape) -> int:
         """Leading-order FLOPs of a training-mode forward pass: BN's and the orbit averages."""
         return bn_flops(shape) + 4 * len(GROUPS[self.group]) * math.prod(shape[1:])
-
-    def __repr__(self) -> str:
-        return (f"{type(self).__name__}({self.num_features}, num_dims={self.num_dims}, "
-                f"group={self.group!r}, eps={self.eps}, momentum={self.momentum})")
 
 
 def group_images(X, group: str):

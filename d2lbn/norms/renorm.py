@@ -1,25 +1,11 @@
 """Batch Renormalization (Ioffe, NeurIPS 2017): BN that trains with the moving statistics.
 
-BN standardises with the batch's statistics in training and with the moving
-ones in prediction; with small batches the two differ, and the network is
-trained on one and tested on the other. Batch renormalization writes the
-prediction-mode standardisation in terms of the batch's:
-
-    (x - mu) / sigma = (x - mu_B) / sigma_B * r + d,
-    r = sigma_B / sigma,  d = (mu_B - mu) / sigma,
-
-and trains with the right-hand side, ``r`` and ``d`` held constant in the
-backward pass (stop-gradient) and clipped to ``[1/r_max, r_max]`` and
-``[-d_max, d_max]``. Unclipped, the forward pass is the prediction mode's; the
-gradient still flows through ``mu_B`` and ``sigma_B``, as in BN. With
-``r_max = 1, d_max = 0`` it is BN. Early in training the moving statistics are
-still poor, so the limits start at (1, 0) and are relaxed step by step
-(``renorm_limits``), as in the paper.
-
-Departure from the paper: it keeps a moving average of sigma, we keep one of
-the variance (``moving_var``, Gluon's momentum convention), like BN; so the
-state, the prediction mode and saved files are BN's, and ``sigma`` is
-``sqrt(moving_var + eps)``.
+Training standardises with the batch's statistics corrected towards the moving
+ones: ``(x - mu_B) / sigma_B * r + d`` with ``r = sigma_B / sigma`` and
+``d = (mu_B - mu) / sigma`` held constant in the backward pass and clipped to
+``[1/r_max, r_max]`` and ``[-d_max, d_max]``; the limits start at BN's (1, 0)
+and are relaxed step by step (``renorm_limits``). Unlike the paper we keep a
+moving variance, not a moving sigma, so state and prediction are BN's.
 """
 
 from __future__ import annotations
@@ -93,6 +79,8 @@ class BatchRenorm(BatchNormBase, nn.Block):
     forward passes. Prediction mode is BN's and does not count.
     """
 
+    repr_args = ("r_max", "d_max", "warmup_start", "warmup_ramp")
+
     # momentum 0.99 is the paper's update rate alpha = 0.01. Slower than the
     # book's 0.9 because the moving statistics now enter every training step
     # through r and d: averaged over ~100 batches, one small batch's noisy
@@ -138,9 +126,3 @@ class BatchRenorm(BatchNormBase, nn.Block):
             with autograd.pause():
                 steps += 1
         return Y
-
-    def __repr__(self) -> str:
-        return (f"{type(self).__name__}({self.num_features}, num_dims={self.num_dims}, "
-                f"eps={self.eps}, momentum={self.momentum}, r_max={self.r_max}, "
-                f"d_max={self.d_max}, warmup_start={self.warmup_start}, "
-                f"warmup_ramp={self.warmup_ramp})")

@@ -1,22 +1,10 @@
 """Sparsity as a regulariser: BN followed by magnitude pruning, of activations or of weights.
 
-``pruned_batch_norm`` normalises as BN does, then keeps, in each example, only
-the ``keep`` fraction of its values (all channels and positions together) that
-are largest in magnitude and zeroes the rest. Like dropout it withholds part of
-each example from the next layer; unlike dropout the choice is by size, not
-chance, and it stays on in prediction, so the two modes see the same kind of
-input. The mask has no gradient: the kept values pass theirs, the others none.
-(Exactly ``ceil(keep * D)`` values survive, ties broken by ``topk``.)
-
-``prune_weights`` is the classic counterpart: zero the smallest weights of a net
-by magnitude, layer by layer; ``apply_masks`` keeps them at zero during training,
-or ``prune_while_training`` prunes afresh before every call of the net.
-
-The exact count has a price: MXNet's ``topk`` sorts each example (3456 values on
-LeNet's first layer). Forward+backward, hybridized, CPU time per call (median of
-11, ms) on (256, 6, 24, 24) / (256, 16, 8, 8) / (256, 120): PrunedBatchNorm
-81 / 26 / 3.4 against nn.BatchNorm's 7.9 / 3.7 / 1.1. A fixed threshold on
-``|y|`` would cost one comparison, but keep a varying number of values.
+``pruned_batch_norm`` keeps, in each example, the ``keep`` fraction of BN's
+outputs largest in magnitude (``ceil(keep * D)`` values, ties broken by
+``topk``), in training and prediction alike; the mask has no gradient.
+``prune_weights``, ``apply_masks`` and ``prune_while_training`` prune a net's
+weights by magnitude instead.
 """
 
 from __future__ import annotations
@@ -74,20 +62,16 @@ def pruned_batch_norm(X, gamma, beta, moving_mean, moving_var, eps, momentum, ke
 class PrunedBatchNorm(FastBatchNorm):
     """``pruned_batch_norm`` as a Block: ``FastBatchNorm``, then each example's top ``keep``."""
 
+    repr_args = ("keep",)
+
     def __init__(self, num_features: int, num_dims: int, keep: float = 0.5, eps: float = 1e-5,
                  momentum: float = 0.9, **kwargs):
         super().__init__(num_features, num_dims, eps=eps, momentum=momentum, **kwargs)
         self.keep = check_keep(keep)
-        self._traced_size = None
 
-    def forward(self, X):
-        # The graph is built for the example's size (topk's count): retrace when it changes
-        if not isinstance(X, mx.sym.Symbol):
-            size = math.prod(X.shape[1:])
-            if size != self._traced_size:
-                self._clear_cached_op()
-                self._traced_size = size
-        return super().forward(X)
+    def _trace_key(self, X) -> dict:
+        # The graph is built for the example's size (topk's count)
+        return {**super()._trace_key(X), "size": math.prod(X.shape[1:])}
 
     def hybrid_forward(self, F, X, gamma, beta, moving_mean, moving_var):
         Y, moving_mean, moving_var = super().hybrid_forward(F, X, gamma, beta, moving_mean,
@@ -100,10 +84,6 @@ class PrunedBatchNorm(FastBatchNorm):
         size = math.prod(shape[1:])
         return bn_flops(shape) + 2 * math.prod(shape) + shape[0] * size * math.ceil(
             math.log2(size))
-
-    def __repr__(self) -> str:
-        return (f"{type(self).__name__}({self.num_features}, num_dims={self.num_dims}, "
-                f"keep={self.keep}, eps={self.eps}, momentum={self.momentum})")
 
 
 def prune_weights(net, fraction: float, suffix: str = "weight") -> dict:

@@ -1,27 +1,10 @@
 """Beyond per-channel standardisation: ZCA (group) whitening and a PIT normalisation.
 
-The chapter's research-ideas exercise. Batch norm standardises each channel on
-its own; whitening also removes the correlations between channels, and the
-probability-integral transform (PIT) goes past the second moment and maps each
-standardised channel through the normal CDF.
-
-- ``zca_whiten``: ``Y = Sigma^{-1/2} (X - mean)`` with the channels' covariance
-  ``Sigma`` over the batch and positions, or within groups of consecutive
-  channels (block-diagonal ``Sigma``; ``group_size=1`` is BN's standardisation).
-  ``Sigma^{-1/2}`` comes from Newton-Schulz iterations as in IterNorm (Huang et
-  al., CVPR 2019): matrix products only, so autograd differentiates them.
-- ``pit_norm``: ``sqrt(12) * (Phi(z) - 1/2)`` of BN's standardised ``z``.
-
-Built from matrix products, 1x1 convolutions and elementwise arithmetic (no
-normalisation operator), arranged like ``fast``: sums as matrix products and
-per-channel maps as 1x1 convolutions, no broadcasting over full-size 4-D arrays
-(its backward is MXNet's slow reduce).
-
-Forward+backward of the chapter's LeNet, batch 256, 2-core CPU shared with
-other jobs (fastest of 25, ms): no normalisation 35, FastBatchNorm 69,
-Whitening with groups of 1 / 4 / all channels 72 / 82 / 102, PITNorm 121. Full
-ZCA pays for Newton-Schulz on the first dense layer's 120 x 120 covariance,
-PIT for MXNet's erf kernel.
+``zca_whiten``: ``Y = Sigma^{-1/2} (X - mean)``, the channels' covariance taken
+whole or in groups of consecutive channels, its inverse square root by
+Newton-Schulz iterations as in IterNorm (Huang et al., CVPR 2019). ``pit_norm``:
+``sqrt(12) * (Phi(z) - 1/2)`` of BN's standardised ``z``. Both are built from
+matrix products and 1x1 convolutions, as ``d2lbn.fast`` is.
 """
 
 from __future__ import annotations
@@ -33,8 +16,7 @@ import mxnet as mx
 import numpy as onp
 from mxnet import autograd, init
 
-from ..fast import DTYPES
-from ..functional import moving_average
+from ..functional import WIDE_DTYPES, moving_average
 from ..layers import HybridBatchNorm
 
 
@@ -229,7 +211,7 @@ def _block_diag(F, B, C, g):
 def affine(F, X, A, b, C, g, num_dims):
     """``A @ x + b`` at each example and position; ``A``: the ``(G, g, g)`` diagonal blocks."""
     # The whole C x C matrix, zeros and all: oneDNN's dense 1x1 convolution beats
-    # the grouped one at the channel counts here (see fast.affine), and for 2-D
+    # the grouped one at the channel counts here (see fast's affine), and for 2-D
     # input fully_connected is one product with the bias added, forward and back
     M = _block_diag(F, A, C, g)
     if num_dims == 2:
@@ -238,28 +220,18 @@ def affine(F, X, A, b, C, g, num_dims):
                              no_bias=False)
 
 
-class StaticGraph:
-    """``hybridize()`` with ``static_alloc`` and ``static_shape`` on unless told otherwise."""
-
-    def hybridize(self, active=True, **kwargs):
-        # The compiled graph keeps its buffers between calls; another batch size
-        # still works, re-planned
-        kwargs.setdefault("static_alloc", True)
-        kwargs.setdefault("static_shape", kwargs["static_alloc"])
-        super().hybridize(active, **kwargs)
-
-
-class Whitening(StaticGraph, HybridBatchNorm):
+class Whitening(HybridBatchNorm):
     """ZCA (group) whitening of the channels, then BN's per-channel ``gamma`` and ``beta``.
 
     ``group_size=None`` whitens all channels together; ``1`` is batch norm with
-    a moving ``1 / sqrt(var + eps)`` in place of the moving variance. As
-    ``HybridBatchNorm``: hybridize it on its own or inside ``nn.Sequential``.
-    float32 and float64; float16 is refused, as by ``fast``.
+    a moving ``1 / sqrt(var + eps)`` in place of the moving variance.
     """
 
-    # (MXNet has no float16 matrix products on CPU)
-    dtypes = DTYPES
+    dtypes = WIDE_DTYPES
+    static_graph = True
+    # The whitening matrix takes the moving variance's place
+    stats = ("moving_mean", "moving_whitening")
+    repr_args = ("group_size", "iters")
 
     def __init__(self, num_features: int, num_dims: int, group_size: int | None = None,
                  iters: int = 5, eps: float = 1e-5, momentum: float = 0.9, **kwargs):
@@ -268,15 +240,8 @@ class Whitening(StaticGraph, HybridBatchNorm):
             raise ValueError(f"iters must be a positive int, got {iters!r}")
         self.group_size, self.iters = check_groups(num_features, group_size), iters
         g = self.group_size
-        # Saved and loaded with the other parameters, like the moving statistics
-        self.moving_whitening = self.params.get(
-            "moving_whitening", shape=(num_features // g, g, g), grad_req="null",
-            differentiable=False, init=init.Constant(group_identity(num_features, g).asnumpy()))
-
-    def _add_moving_stats(self, shape) -> None:
-        # Only the mean: the whitening matrix takes the moving variance's place
-        self.moving_mean = self.params.get("moving_mean", shape=shape, init=init.Zero(),
-                                           grad_req="null", differentiable=False)
+        self._add_state("moving_whitening", (num_features // g, g, g),
+                        init.Constant(group_identity(num_features, g).asnumpy()))
 
     def _check(self, X) -> None:
         super()._check(X)
@@ -287,31 +252,18 @@ class Whitening(StaticGraph, HybridBatchNorm):
                           "invertible, and Newton-Schulz does not converge. Use larger "
                           "batches or smaller groups.", RuntimeWarning, stacklevel=3)
 
-    def _store(self, moving_mean, moving_whitening) -> None:
-        # As HybridBatchNorm._store: outside the recording, copyto per context
-        with autograd.pause():
-            for param, value in ((self.moving_mean, moving_mean),
-                                 (self.moving_whitening, moving_whitening)):
-                for arr in param.list_data():
-                    value.copyto(arr)
-
     def hybrid_forward(self, F, X, gamma, beta, moving_mean, moving_whitening):
         return zca_whiten_graph(F, X, gamma, beta, moving_mean, moving_whitening, self.eps,
                                 self.momentum, num_features=self.num_features,
                                 group_size=self.group_size, iters=self.iters,
                                 num_dims=self.num_dims, training=self._traced_training)
 
-    def __repr__(self) -> str:
-        return (f"{type(self).__name__}({self.num_features}, num_dims={self.num_dims}, "
-                f"group_size={self.group_size}, iters={self.iters}, eps={self.eps}, "
-                f"momentum={self.momentum})")
 
-
-class PITNorm(StaticGraph, HybridBatchNorm):
+class PITNorm(HybridBatchNorm):
     """``pit_norm`` as a Block: BN's parameters, moving statistics, checks and hybridization."""
 
-    # float32 and float64, as Whitening
-    dtypes = DTYPES
+    dtypes = WIDE_DTYPES
+    static_graph = True
 
     def hybrid_forward(self, F, X, gamma, beta, moving_mean, moving_var):
         return pit_norm_graph(F, X, gamma, beta, moving_mean, moving_var, self.eps,

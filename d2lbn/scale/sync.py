@@ -1,26 +1,11 @@
 """Batch norm across devices: per-device statistics versus synchronized statistics.
 
-Data parallelism splits each batch into shards, one per device. Plain BN then
-normalises every shard with that shard's own statistics (per-device BN). When
-shards are small or unlike each other, those statistics differ from the batch's,
-and so do the moving statistics that each device keeps. Synchronized BN shares
-per-channel sums between the devices, so that every shard is normalised with the
-statistics of the whole batch. Its outputs, gradients and moving statistics then
-equal those of single-device BN on the concatenated batch. The same math serves
-several processes: pass a reduction that also sums over them (``d2lbn.scale.dist``).
-
-MXNet's ``gluon.contrib.nn.SyncBatchNorm`` is no help in the book's numpy mode.
-It is a legacy operator, so numpy arrays get a ``TypeError``. In legacy mode it
-runs from one thread under the default engine but hangs under ``NaiveEngine``,
-where each device waits at a barrier for devices that are never started. It also
-averages the devices' means without weighting them by shard size, so it is wrong
-for uneven shards. Here the reduction is our own, built from copies between
-devices (``as_in_ctx``). Autograd records these copies, so a single Python thread
-drives every device and the gradient flows back through the shared statistics.
-
-Dtypes: per-device BN takes float16, float32 and float64, as ``batch_norm``
-does. Synchronized BN refuses float16 with a ``ValueError``: its per-channel
-sums would pass float16's largest value, 65504, on any real batch.
+Per-device BN normalises each device's shard with that shard's statistics;
+synchronized BN shares per-channel sums, so that outputs, gradients and moving
+statistics equal single-device BN on the whole batch. The sums cross devices by
+copies that autograd records (``all_reduce``), or by any reduction that also
+spans processes (``d2lbn.scale.dist``). Gluon's ``contrib.nn.SyncBatchNorm``
+does not serve: it refuses numpy arrays and weights uneven shards wrongly.
 """
 
 from __future__ import annotations
@@ -30,7 +15,14 @@ import functools
 from mxnet import autograd, np
 from mxnet.gluon import nn
 
-from ..functional import DTYPES, batch_norm, channel_axes, check_batch_norm_args, moving_average
+from ..functional import (
+    FLOAT_DTYPES,
+    WIDE_DTYPES,
+    batch_norm,
+    channel_axes,
+    check_batch_norm_args,
+    moving_average,
+)
 from ..layers import BatchNormBase, warn_if_degenerate
 
 
@@ -71,11 +63,7 @@ def all_reduce(arrays, tag=None):
     return sums
 
 
-# Sums over whole batches overflow float16
-SYNC_DTYPES = ("float32", "float64")
-
-
-def check_shards(Xs, *per_shard, dtypes=DTYPES) -> tuple[int, ...]:
+def check_shards(Xs, *per_shard, dtypes=FLOAT_DTYPES) -> tuple[int, ...]:
     """Return the channel axes of shards ``Xs``; ``ValueError`` unless they fit together."""
     if not Xs:
         raise ValueError("need at least one shard, got an empty list")
@@ -111,7 +99,8 @@ def sync_batch_norm(Xs, gammas, betas, moving_means, moving_vars, eps, momentum,
     ``reduce(arrays, tag)`` sums per-shard arrays over every shard there is, here
     (``all_reduce``, the default) or also in other processes (``d2lbn.scale.dist``).
     """
-    axes = check_shards(Xs, gammas, betas, moving_means, moving_vars, dtypes=SYNC_DTYPES)
+    # (float32 and float64: sums over a whole batch overflow float16)
+    axes = check_shards(Xs, gammas, betas, moving_means, moving_vars, dtypes=WIDE_DTYPES)
     if not autograd.is_training():
         # Prediction uses the moving statistics, which are already shared
         return per_device_batch_norm(Xs, gammas, betas, moving_means, moving_vars, eps, momentum)
@@ -142,6 +131,8 @@ class SyncBatchNorm(BatchNormBase, nn.Block):
     ``sync=False`` (as Gluon's ``nn.BatchNorm`` does under data parallelism).
     ``reduce`` is ``sync_batch_norm``'s: ``d2lbn.scale.dist`` has one that spans processes.
     """
+
+    repr_args = ("sync",)
 
     def __init__(self, num_features: int, num_dims: int, eps: float = 1e-5,
                  momentum: float = 0.9, sync: bool = True, reduce=all_reduce, **kwargs):
@@ -182,10 +173,6 @@ class SyncBatchNorm(BatchNormBase, nn.Block):
                 self._store(mean, var)  # into the copy on that shard's context
         return Ys
 
-    def __repr__(self) -> str:
-        return (f"{type(self).__name__}({self.num_features}, num_dims={self.num_dims}, "
-                f"eps={self.eps}, momentum={self.momentum}, sync={self.sync})")
-
 
 class PerShard(nn.Block):
     """Apply ``block`` to each shard of a list, so that a net of shards can hold any layer."""
@@ -201,6 +188,8 @@ class PerShard(nn.Block):
 
 class ShardedSequential(nn.Sequential):
     """An ``nn.Sequential`` that maps a list of shards, one per device, to a list of outputs."""
+
+    takes_shards = True  # train.forward hands it every shard at once
 
 
 def sharded(net, sync: bool = True, reduce=all_reduce) -> ShardedSequential:
