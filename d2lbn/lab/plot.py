@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as onp
+from matplotlib.ticker import MaxNLocator
 
 from ..train import History
 
@@ -27,6 +28,13 @@ def gamma_beta(bn, title: str = "first BN layer"):
     return fig
 
 
+def whole_ticks(ax, x) -> None:
+    """Whole-number ticks on a linear x axis whose values are all whole (epochs, steps)."""
+    values = onp.asarray(list(x), dtype=float)
+    if ax.get_xscale() == "linear" and values.size and onp.all(values == onp.round(values)):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def curves(groups: dict[str, list[History]], metrics=("loss", "test_acc")):
     """Per-epoch curves, one thin line per seed and one colour per group."""
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3), squeeze=False)
@@ -38,6 +46,7 @@ def curves(groups: dict[str, list[History]], metrics=("loss", "test_acc")):
                 ax.plot(range(1, len(values) + 1), values, color=color, lw=1, alpha=0.8,
                         label=f"{name} ({len(runs)} seeds)" if i == 0 else None)
         ax.set(xlabel="epoch", ylabel=LABELS[metric])
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize="small")
     fig.tight_layout()
@@ -54,6 +63,7 @@ def lines(x, groups: dict[str, list[list[float]]], xlabel: str, ylabel: str,
             ax.plot(x[:len(y)], y, color=color, lw=1, marker=".", alpha=0.8,
                     label=f"{name} ({len(runs)} {unit})" if i == 0 else None)
     ax.set(xlabel=xlabel, ylabel=ylabel, xscale="log" if logx else "linear")
+    whole_ticks(ax, x)
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()
@@ -83,6 +93,7 @@ def panels(x, metrics: dict[str, dict[str, list[list[float]]]], xlabel: str, nco
                 ax.plot(x[:len(y)], y, color=color, lw=1, alpha=0.8,
                         label=f"{name} ({len(runs)} runs)" if i == 0 else None)
         ax.set(xlabel=xlabel, title=metric, yscale="log" if metric in logy else "linear")
+        whole_ticks(ax, x)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(metrics):]:
         ax.axis("off")
