@@ -1,11 +1,8 @@
 """How saturated a trained net's sigmoids are: what each activation layer receives.
 
-A sigmoid passes a gradient scaled by its slope ``s (1 - s)``, at most 1/4 (at
-input 0) and close to 0 once its output is close to 0 or 1. ``sigmoid_stats``
-runs one batch through a net with batch statistics, as SGD saw it, and reports
-per sigmoid layer: the share of its inputs that are saturated, its mean slope
-(as a fraction of the maximum), and how much its outputs still vary across the
-batch, which is what the next layer has to work with.
+``sigmoid_stats`` runs one batch with batch statistics, as SGD saw it, and
+reports per sigmoid layer the share of saturated inputs, the mean slope
+``s (1 - s)`` as a fraction of its maximum 1/4, and the spread of its outputs.
 """
 
 from __future__ import annotations

@@ -1,9 +1,7 @@
 """What BN undoes: a shift and a positive scale of each channel of its input.
 
-Training-mode BN subtracts each channel's batch mean and divides by its batch
-standard deviation, so ``BN(c * Z + b) = sign(c) * BN(Z)`` per channel (exactly
-for ``eps = 0``). ``ChannelScale`` multiplies channels by fixed factors, so that a
-network can test the claim: ``scaled_norm`` puts one in front of each BN layer.
+Training-mode BN gives ``BN(c * Z + b) = sign(c) * BN(Z)`` per channel (exactly
+for ``eps = 0``); ``scaled_norm`` puts a ``ChannelScale`` before a BN layer to test it.
 """
 
 from __future__ import annotations

@@ -1,22 +1,11 @@
 """The measurements of Santurkar et al. (2018), "How does batch normalization help optimization?".
 
-Three views of one SGD step at the current parameters ``w`` on a batch
-``(X, y)``, with ``L`` the batch mean of ``loss(net(X), y)`` and gradients taken
-as SGD sees them (recorded, training mode: BN normalises with batch statistics):
-
-- the input distribution of a layer (``layer_input_stats``): internal covariate
-  shift in the original sense is its drift over training;
-- gradient-based ICS (``gradient_ics``): how much a layer's gradient changes
-  when only the layers before it take their step;
-- the loss landscape along ``-g`` (``loss_landscape``): loss variation, gradient
-  predictiveness and an effective beta-smoothness.
-
-The measuring functions run extra forward and backward passes, which move BN's
-moving statistics (ours in forward, Gluon's ``nn.BatchNorm`` in backward on
-CPU) and overwrite gradients; they restore every array of
-``net.collect_params()`` afterwards, so a run with measurements trains exactly
-as one without. Nets are ``nn.Sequential``-like on one device, with
-``grad_req='write'``; Dropout would draw other masks in each pass (avoid it).
+Layer input statistics (``layer_input_stats``), gradient-based internal covariate
+shift (``gradient_ics``) and the loss landscape along ``-g`` (``loss_landscape``),
+at one SGD step on a batch, in training mode. The measuring functions restore
+every array of ``net.collect_params()`` afterwards, so a run with measurements
+trains exactly as one without. Nets: one device, ``grad_req='write'``, no Dropout
+(each pass would draw other masks).
 """
 
 from __future__ import annotations

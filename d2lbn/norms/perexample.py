@@ -1,34 +1,10 @@
 """Normalisations per example: layer norm, group norm and instance norm, and their Blocks.
 
-Batch norm averages each channel over the batch. These average within one
-example, so each example's output depends on that example alone: there are no
-moving statistics, training and prediction compute the same thing, and the
-batch size does not change the result (batch size 1 works as well as 256).
-They differ only in which values of one example share a mean and variance:
-
-- ``layer_norm``: all of them, every channel and position (Ba et al., 2016);
-- ``group_norm``: those of each group of ``C // num_groups`` consecutive channels
-  (Wu & He, 2018); ``num_groups=1`` is layer norm, ``num_groups=C`` instance norm;
-- ``instance_norm``: those of each channel, over its positions (Ulyanov et al., 2016).
-
-All three scale and shift by a per-channel ``gamma`` and ``beta`` of shape
-``(1, C)`` or ``(1, C, 1, 1)``, as our BatchNorm does.
-
-MXNet 1.9.1's own operators, which the tests compare against, differ from these:
-
-- ``npx.layer_norm`` / ``nn.LayerNorm`` normalise along one axis (the last by
-  default) with ``gamma`` of that axis' length. On ``(N, C)`` input that is our
-  layer norm; on ``(N, C, H, W)`` it normalises each row of each channel on its
-  own. Ours takes (C, H, W) together, like group norm with one group; Ba et al.'s
-  convolutional variant would also learn one gamma per position, ours one per channel.
-- ``nd.GroupNorm`` (and Gluon's ``nn.GroupNorm``) learn one gamma and beta per
-  group, shape ``(num_groups,)``, not per channel, and refuse ``(N, C)`` input.
-- ``nd.InstanceNorm`` defaults to ``eps=1e-3`` (ours 1e-5); its docstring shows
-  ``sqrt(var) + eps`` but it computes ``sqrt(var + eps)``, as ours does. It takes
-  ``(N, C)`` input and returns just ``beta``; ours refuses it. Gluon's
-  ``nn.InstanceNorm`` learns no gamma by default (``scale=False``).
-- Gluon's ``nn.GroupNorm`` and ``nn.InstanceNorm`` call legacy operators and fail
-  on the NumPy arrays that ``npx.set_np()`` gives them; these Blocks do not.
+Each example's values are standardised among themselves (no moving statistics,
+the same in training and prediction): all of them (``layer_norm``), each group
+of consecutive channels (``group_norm``) or each channel (``instance_norm``),
+then scaled and shifted per channel. Unlike MXNet's operators, ``gamma`` is per
+channel, ``(N, C)`` input works for layer and group norm, and NumPy arrays work.
 """
 
 from __future__ import annotations
