@@ -61,8 +61,16 @@ nbval: $(READY) data  ## the notebooks under nbval in quick mode only
 lint: $(READY)  ## ruff over the package, tests and notebooks
 	$(PY) -m ruff check .
 
+# Found and verified by d2lbn; if missing, the Debian package as root, else Gluon's download
 data: $(READY)  ## find Fashion-MNIST, or fetch it (Debian package, else download)
-	$(PY) -m d2lbn data --fetch
+	@$(PY) -m d2lbn data 2>/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y dataset-fashion-mnist \
+	    || { apt-get update && apt-get install -y dataset-fashion-mnist; } \
+	    || echo "apt-get did not install dataset-fashion-mnist: trying Gluon's download"; \
+	  fi; \
+	  $(PY) -m d2lbn data --fetch; }
 
 bench: $(READY) data  ## benchmark BN implementations, write results/bench.json
 	$(PY) -m d2lbn bench --json results/bench.json

@@ -1,8 +1,8 @@
 """Fashion-MNIST: find, verify, parse and serve as Gluon DataLoaders, offline first.
 
-Search order: ``$D2LBN_DATA``, MXNet's cache, Debian's ``dataset-fashion-mnist`` package, and
-only then Gluon's download into MXNet's cache. Every file is checked (gzip, IDX header, sizes,
-labels, SHA-1 of the decompressed bytes) before use, and a bad one gets an error naming the fix.
+Search order: ``$D2LBN_DATA``, MXNet's cache, Debian's ``dataset-fashion-mnist`` package (which
+``make data`` installs), and only then Gluon's download into MXNet's cache. Every file is
+checked before use, and a bad one gets an error that names it and the fix.
 """
 
 from __future__ import annotations
@@ -13,9 +13,7 @@ import gzip
 import hashlib
 import numbers
 import os
-import shutil
 import struct
-import subprocess
 import sys
 import warnings
 import zlib
@@ -32,6 +30,7 @@ DEBIAN_PACKAGE = "dataset-fashion-mnist"
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 SYSTEM_DIRS: tuple[Path, ...] = (DEBIAN_DIR,)
 FETCH_COMMAND = "python -m d2lbn data --fetch"
+INSTALL_COMMAND = "make data"
 
 # Split -> (images file, labels file), named as published; stored gzipped (".gz") or not.
 FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -220,8 +219,9 @@ def _not_found(reason: str) -> DataError:
         f"Fashion-MNIST not found. Searched:\n{searched}\n{reason}\n"
         f"Provide it in one of these ways:\n"
         f"  - set {DATA_ENV} to a folder holding {files}\n"
-        f"  - as root: apt-get install {DEBIAN_PACKAGE} (installs {DEBIAN_DIR})\n"
-        f"  - {FETCH_COMMAND} (apt-get as root, else Gluon's download into {mxnet_cache()})")
+        f"  - `{INSTALL_COMMAND}`: as root, apt-get install {DEBIAN_PACKAGE} (into {DEBIAN_DIR})"
+        f", else as below\n"
+        f"  - `{FETCH_COMMAND}`: Gluon's download into {mxnet_cache()}")
 
 
 def _download(folder: Path) -> None:
@@ -263,39 +263,12 @@ def describe(spec: Spec = FASHION_MNIST) -> str:
     return text
 
 
-def _apt_install() -> str | None:
-    """Install the Debian package; None on success, else the reason it failed."""
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", DEBIAN_PACKAGE]
-
-    def run(cmd: list[str]) -> subprocess.CompletedProcess:
-        print("$", " ".join(cmd), flush=True)
-        return subprocess.run(cmd, capture_output=True, text=True, env=env)
-
-    done = run(install)
-    if done.returncode and "Unable to locate package" in done.stdout + done.stderr:
-        run(["apt-get", "update"])  # a fresh machine has no package lists yet
-        done = run(install)
-    if done.returncode:
-        lines = (done.stderr or done.stdout).strip().splitlines()
-        return lines[-1] if lines else f"exit status {done.returncode}"
-    return None
-
-
 def fetch(spec: Spec = FASHION_MNIST) -> Path:
-    """Make sure a valid copy exists (apt-get as root, else Gluon's download); return its folder."""
+    """Make sure a valid copy exists (else Gluon's download); return its folder."""
     source = _search(spec)
     if source is not None:
         print(f"Fashion-MNIST already present: {source.path} ({source.kind})")
         return source.path
-    if shutil.which("apt-get") and getattr(os, "geteuid", lambda: -1)() == 0:
-        failure = _apt_install()
-        source = None if failure else _search(spec)
-        if source is not None:
-            print(f"Fashion-MNIST installed: {source.path} ({source.kind})")
-            return source.path
-        print(f"apt-get did not provide it ({failure or 'no valid files after install'}); "
-              f"trying Gluon's download")
     print(f"Downloading Fashion-MNIST with Gluon into {mxnet_cache()}", flush=True)
     source = _download_verified(spec)
     print(f"Fashion-MNIST downloaded: {source.path}")
@@ -375,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m d2lbn data",
                                      description="Show where Fashion-MNIST is read from.")
     parser.add_argument("--fetch", action="store_true",
-                        help="obtain it if missing (apt-get as root, else Gluon's download)")
+                        help="download it with Gluon if no valid copy is found")
     args = parser.parse_args(argv)
     try:
         # FASHION_MNIST is looked up here, at call time, so tests can substitute a small spec.
