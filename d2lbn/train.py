@@ -1,8 +1,5 @@
-"""Training and evaluation in the spirit of d2l's ``train_ch6``, with a history.
-
-Also data-parallel, as d2l's multi-GPU chapter: over a list of devices in one
-process, and over processes with a ``dist_sync`` kvstore (``d2lbn.scale.dist``).
-"""
+"""Training and evaluation in the spirit of d2l's ``train_ch6``, with a history; also over a
+list of devices, as d2l's multi-GPU chapter (``scale.dist`` builds processes on it)."""
 
 from __future__ import annotations
 
@@ -14,8 +11,6 @@ import time
 import mxnet as mx
 import numpy as onp
 from mxnet import autograd, gluon, init, np
-
-from .scale import dist, sync
 
 _noted_cpu = False
 
@@ -52,7 +47,7 @@ class History:
     test_acc: list[float] = dataclasses.field(default_factory=list)
     examples_per_sec: list[float] = dataclasses.field(default_factory=list)
     wall_s: float = 0.0
-    # Figures measured on the trained net by an experiment (see experiments.sweep)
+    # Figures measured on the trained net by an experiment (see lab.sweep)
     extra: dict = dataclasses.field(default_factory=dict)
 
     def final(self) -> dict:
@@ -69,30 +64,34 @@ class History:
 
 def accuracy(y_hat, y) -> float:
     """Number of correct predictions (not a fraction, so batches can be summed)."""
-    return float((y_hat.argmax(axis=1).astype(y.dtype) == y).sum())
+    return float(_correct(y_hat, y))
+
+
+def _correct(y_hat, y):
+    # On the device, in float64: counts add up exactly, and nothing waits for the engine
+    return (y_hat.argmax(axis=1).astype(y.dtype) == y).sum().astype("float64")
 
 
 def evaluate_accuracy(net, data_iter, device: mx.Context | None = None) -> float:
     """Accuracy of ``net`` over ``data_iter`` in prediction mode."""
     device = device or try_gpu()
-    correct, total = 0.0, 0
+    correct, total = np.zeros(1, dtype="float64", ctx=device), 0
     for X, y in data_iter:
         X, y = X.as_in_ctx(device), y.as_in_ctx(device)
-        correct += accuracy(forward(net, [X])[0], y)
+        correct = correct + _correct(forward(net, [X])[0], y)
         total += y.size
-    return correct / total
+    return float(correct[0]) / total
 
 
 def forward(net, Xs):
     """``net`` on each shard of ``Xs``, or on the list at once if it takes shards."""
-    return net(Xs) if isinstance(net, sync.ShardedSequential) else [net(X) for X in Xs]
+    return net(Xs) if getattr(net, "takes_shards", False) else [net(X) for X in Xs]
 
 
 def in_notebook() -> bool:
-    """Whether we run inside a Jupyter kernel (where d2l's Animator can draw)."""
-    shell = sys.modules.get("IPython")
-    ip = shell.get_ipython() if shell else None
-    return ip is not None and type(ip).__name__ == "ZMQInteractiveShell"
+    """Whether printed output goes to a Jupyter notebook (where d2l's Animator can draw)."""
+    # Redirecting stdout (as lab.sweep does) therefore silences the Animator too
+    return type(sys.stdout).__module__.startswith("ipykernel")
 
 
 def sgd_step(net, trainer, loss, X, y):
@@ -117,90 +116,111 @@ def data_parallel_step(net, trainer, loss, Xs, ys, batch_size: int):
     return ls, y_hats
 
 
+def train_epoch(net, trainer, train_iter, devices: list[mx.Context], scale: int = 1):
+    """One pass of SGD over ``train_iter``; ``(loss sum, correct, examples, seconds)``.
+
+    ``scale``: how many processes each take such a batch (the step divides by all
+    their examples). The sums stay on the device and are read once, at the end:
+    reading them every batch would stop MXNet's engine from running ahead.
+    """
+    loss = gluon.loss.SoftmaxCrossEntropyLoss()
+    sums, n = np.zeros(2, dtype="float64", ctx=devices[0]), 0
+    tic = time.perf_counter()
+    for X, y in train_iter:
+        Xs = gluon.utils.split_and_load(X, devices, even_split=False)
+        ys = gluon.utils.split_and_load(y, devices, even_split=False)
+        ls, y_hats = data_parallel_step(net, trainer, loss, Xs, ys, X.shape[0] * scale)
+        for l, y_hat, y_ in zip(ls, y_hats, ys):
+            batch = np.stack([l.sum().astype("float64"), _correct(y_hat, y_)])
+            sums = sums + batch.as_in_ctx(devices[0])
+        n += X.shape[0]
+    loss_sum, correct = (float(v) for v in sums)  # waits for the epoch's last step
+    return loss_sum, correct, n, time.perf_counter() - tic
+
+
 def train(net, train_iter, test_iter, num_epochs: int, lr: float,
-          device: mx.Context | None = None, seed: int | None = 0,
-          animate: bool | None = None, hybridize: bool = False,
-          quiet: bool = False, devices: list[mx.Context] | None = None,
-          kvstore="device") -> History:
+          device: mx.Context | list[mx.Context] | None = None, seed: int | None = 0,
+          hybridize: bool = False) -> History:
     """Train ``net`` with SGD on softmax cross-entropy (Xavier init); return its History.
 
-    Draws d2l's Animator in a notebook (``animate=None``), logs one line per epoch
-    elsewhere (``quiet``: neither, nor the closing summary). ``seed`` makes CPU runs
-    repeatable. ``devices`` (instead of ``device``) splits each batch over several
-    devices; a net from ``sync.sharded`` sees all the shards (synchronized BN), any
-    other net each shard alone (BN per device). ``kvstore`` is the Trainer's: one
-    from ``dist.kvstore()`` also sums over worker processes, each of which passes
-    its own share of the data (``dist.shard``); rank 0 then measures test accuracy.
+    ``device``: one context, or a list that splits each batch (a net from
+    ``scale.sync.sharded`` sees all the shards: synchronized BN). ``seed`` makes
+    CPU runs repeatable. Draws d2l's Animator when printing to a notebook, logs a
+    line per epoch elsewhere; redirect stdout to silence it.
     """
-    if lr <= 0:
+    check_train_args(num_epochs, lr)
+    devices = _devices(device)
+    trainer = prepare(net, devices, seed, hybridize,
+                      lambda params: gluon.Trainer(params, "sgd", {"learning_rate": lr}))
+    history = History(lr=lr, batch_size=_batch_size(train_iter), num_epochs=num_epochs,
+                      seed=seed, device=", ".join(str(d) for d in devices))
+    return fit(net, trainer, train_iter, test_iter, devices, history)
+
+
+def check_train_args(num_epochs: int, lr: float) -> None:
+    """A ``ValueError`` for a rate or an epoch count that cannot train."""
+    if not lr > 0:
         raise ValueError(f"lr must be positive, got {lr}")
     if num_epochs < 1:
         raise ValueError(f"num_epochs must be at least 1, got {num_epochs}")
-    devices = _devices(device, devices)
-    num_workers, rank = _workers(kvstore)
+
+
+def prepare(net, devices: list[mx.Context], seed: int | None, hybridize: bool, make_trainer):
+    """Seed, initialise (Xavier) and maybe hybridize ``net``; return ``make_trainer(params)``."""
     if seed is not None:
         seed_all(seed)
     net.initialize(init.Xavier(), ctx=devices, force_reinit=True)
     if hybridize:
-        net.hybridize()
-    trainer = _trainer(net, lr, kvstore)
-    loss = gluon.loss.SoftmaxCrossEntropyLoss()
-    where = str(devices[0]) if len(devices) == 1 else ", ".join(str(d) for d in devices)
-    history = History(lr=lr, batch_size=_batch_size(train_iter) * num_workers,
-                      num_epochs=num_epochs, seed=seed,
-                      device=where if num_workers == 1 else f"{num_workers} workers x {where}")
-    animator = _animator(num_epochs) if (in_notebook() if animate is None else animate) else None
+        # The shapes repeat from batch to batch: keep the graph's memory between calls
+        net.hybridize(static_alloc=True, static_shape=True)
+    return make_trainer(net.collect_params())
+
+
+def fit(net, trainer, train_iter, test_iter, devices: list[mx.Context], history: History,
+        scale: int = 1, total=None, measure_test: bool = True) -> History:
+    """``history.num_epochs`` epochs of ``train_epoch``, each logged into ``history``.
+
+    For ``scale`` processes training together: ``total`` sums each epoch's figures
+    over them, and only the one with ``measure_test`` evaluates (the others log NaN).
+    """
+    animator = _animator(history.num_epochs) if in_notebook() else None
     start = time.perf_counter()
-    for epoch in range(num_epochs):
-        loss_sum, correct, n, busy = 0.0, 0.0, 0, 0.0
-        for X, y in train_iter:
-            tic = time.perf_counter()
-            Xs = gluon.utils.split_and_load(X, devices, even_split=False)
-            ys = gluon.utils.split_and_load(y, devices, even_split=False)
-            # Every worker's batch has the same size (dist.shard sees to it)
-            ls, y_hats = data_parallel_step(net, trainer, loss, Xs, ys,
-                                            X.shape[0] * num_workers)
-            # float() waits for the step to finish, so the timer sees real work
-            loss_sum += sum(float(l.sum()) for l in ls)
-            correct += sum(accuracy(y_hat, y) for y_hat, y in zip(y_hats, ys))
-            n += X.shape[0]
-            busy += time.perf_counter() - tic
-        if num_workers > 1:
-            loss_sum, correct, n = _sum_over_workers(kvstore, [loss_sum, correct, n])
+    for epoch in range(history.num_epochs):
+        figures = train_epoch(net, trainer, train_iter, devices, scale)
+        loss_sum, correct, n, seconds = total(figures) if total else figures
         history.loss.append(loss_sum / n)
         history.train_acc.append(correct / n)
-        # One replica measures: with BN per worker the others' statistics differ
-        history.test_acc.append(evaluate_accuracy(net, test_iter, devices[0]) if rank == 0
+        history.test_acc.append(evaluate_accuracy(net, test_iter, devices[0]) if measure_test
                                 else float("nan"))
-        history.examples_per_sec.append(n / busy)
+        history.examples_per_sec.append(n / seconds)
         if animator:
             animator.add(epoch + 1, (history.loss[-1], history.train_acc[-1],
                                      history.test_acc[-1]))
-        elif not quiet:
-            print(f"epoch {epoch + 1}/{num_epochs}: loss {history.loss[-1]:.3f}, train acc "
-                  f"{history.train_acc[-1]:.3f}, test acc {history.test_acc[-1]:.3f}, "
+        else:
+            print(f"epoch {epoch + 1}/{history.num_epochs}: loss {history.loss[-1]:.3f}, "
+                  f"train acc {history.train_acc[-1]:.3f}, test acc {history.test_acc[-1]:.3f}, "
                   f"{history.examples_per_sec[-1]:.0f} examples/s", flush=True)
     history.wall_s = time.perf_counter() - start
-    if not quiet:
-        print(history.summary())
+    print(history.summary())
     return history
 
 
-def sgd_steps(net, batches, lr: float, devices: list[mx.Context] | None = None,
-              kvstore="device") -> list[float]:
+def sgd_steps(net, batches, trainer, devices: list[mx.Context] | None = None,
+              scale: int = 1) -> list[float]:
     """One SGD step on each of ``batches`` (an initialised net); the mean loss of each step.
 
-    ``devices`` and ``kvstore`` as in ``train``: for comparing runs step by step.
+    ``trainer``: a learning rate, or a ``gluon.Trainer``; ``devices`` and ``scale`` as
+    in ``train_epoch``: for comparing runs step by step.
     """
-    devices = _devices(None, devices)
-    num_workers, _ = _workers(kvstore)
-    trainer = _trainer(net, lr, kvstore)
+    devices = _devices(devices)
+    if not isinstance(trainer, gluon.Trainer):
+        trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": trainer})
     loss = gluon.loss.SoftmaxCrossEntropyLoss()
     losses = []
     for X, y in batches:
         Xs = gluon.utils.split_and_load(np.array(X), devices, even_split=False)
         ys = gluon.utils.split_and_load(np.array(y), devices, even_split=False)
-        ls, _ = data_parallel_step(net, trainer, loss, Xs, ys, X.shape[0] * num_workers)
+        ls, _ = data_parallel_step(net, trainer, loss, Xs, ys, X.shape[0] * scale)
         losses.append(sum(float(l.sum()) for l in ls) / X.shape[0])
     return losses
 
@@ -244,64 +264,15 @@ def _batch_size(data_iter) -> int:
     return getattr(getattr(data_iter, "_batch_sampler", None), "_batch_size", 0)
 
 
-def _devices(device, devices) -> list[mx.Context]:
-    """The list of devices to train on, from ``train``'s two ways of naming them."""
-    if devices is None:
-        return [device or try_gpu()]
-    if device is not None:
-        raise ValueError(f"give device or devices, not both (got {device} and {devices})")
-    devices = list(devices)
+def _devices(device) -> list[mx.Context]:
+    """The list of devices to train on: ``device`` as a list, else ``try_gpu()``."""
+    if device is None:
+        return [try_gpu()]
+    devices = list(device) if isinstance(device, (list, tuple)) else [device]
     if not devices or len(set(devices)) != len(devices):
-        raise ValueError(f"devices must be a non-empty list of distinct contexts, got {devices}")
+        raise ValueError(f"device must be a context or a non-empty list of distinct contexts, "
+                         f"got {device}")
     return devices
-
-
-def _workers(kvstore) -> tuple[int, int]:
-    """``(number of worker processes, this one's rank)`` of the run ``kvstore`` belongs to."""
-    if isinstance(kvstore, mx.kv.KVStore) and "dist" in kvstore.type:
-        if kvstore.type != "dist_sync":
-            raise ValueError(f"only the dist_sync kvstore keeps workers in step, got "
-                             f"{kvstore.type}")
-        return kvstore.num_workers, kvstore.rank
-    return 1, 0
-
-
-def _trainer(net, lr: float, kvstore) -> gluon.Trainer:
-    """SGD on ``net``'s parameters; gradients summed over devices (and workers) by ``kvstore``."""
-    if _workers(kvstore)[0] == 1 and not isinstance(kvstore, mx.kv.KVStore):
-        return gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": lr}, kvstore=kvstore)
-    # Workers update their own copies from the summed gradients: the servers
-    # then only add, which is what the sums of synchronized BN need from them too
-    return _SettledTrainer(net.collect_params(), "sgd", {"learning_rate": lr}, kvstore=kvstore,
-                           update_on_kvstore=False)
-
-
-class _SettledTrainer(gluon.Trainer):
-    """``gluon.Trainer`` that calls the kvstore only when nothing else in the process does."""
-
-    def step(self, batch_size, ignore_stale_grad=False):
-        # MXNet runs an autograd.Function's backward on a thread of its own, after
-        # backward() has returned: there dist.all_reduce sums the gradients of
-        # synchronized BN through the kvstore, which must not be called from two
-        # threads at once (apache/mxnet#6467). Overlapping calls left a worker
-        # waiting for ever on a sum the others had finished
-        mx.nd.waitall()
-        super().step(batch_size, ignore_stale_grad)
-
-    def _init_params(self):
-        super()._init_params()
-        # MXNet 1.9's first step pulls rank 0's parameters into every worker and
-        # then pushes the gradients under the same keys, and nothing orders the two.
-        # With update_on_kvstore=False a push that overtakes the pull makes the
-        # servers answer it with summed gradients, which become that worker's
-        # parameters (3 runs in 8 of a 2-worker LeNet here). So wait for the pull
-        mx.nd.waitall()
-
-
-def _sum_over_workers(kvstore, values: list[float]) -> list[float]:
-    """Python numbers summed over the workers of a ``dist_sync`` run."""
-    total = dist.all_reduce([np.array(values, dtype="float64")], "train/epoch", kv=kvstore)[0]
-    return [float(v) for v in total]
 
 
 def _animator(num_epochs: int):

@@ -27,7 +27,7 @@ def test_sweep_trains_each_setting_per_seed_like_train(capsys):
     assert len(lines) == 4 and lines[-1].startswith("[4/4] none, seed 1: loss")
     # the same run as train.train with that seed, and the two seeds differ
     again = train.train(models.lenet("gluon"), train_iter, test_iter, 1, 1.0, seed=1,
-                        animate=False, hybridize=True)
+                        hybridize=True)
     assert groups["BN"][1].loss == again.loss != groups["BN"][0].loss
     assert groups["none"][0].extra["layers"] == len(models.lenet(None))
     assert [h.extra["test"] for h in groups["BN"]] == [h.test_acc[-1] for h in groups["BN"]]

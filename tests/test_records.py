@@ -23,7 +23,7 @@ def out(tmp_path, monkeypatch):
 def test_record_load_and_summary(out):
     runs = [history(0, 0.8), history(1, 0.9)]
     records.record("02_x", runs)
-    assert records.load("02_x") == runs
+    assert records.load("02_x", out) == runs
     json_path, md_path = records.write_summary({"02_x": 12.34, "01_y": 5.0})
     entry = json.loads(json_path.read_text())["notebooks"]["02_x"]
     assert entry["seeds"] == [0, 1] and entry["train_acc"] == [0.8, 0.9]
@@ -46,7 +46,13 @@ def test_quick_mode_writes_elsewhere(out, monkeypatch):
 
 def test_load_missing_names_the_notebook(out):
     with pytest.raises(FileNotFoundError, match="notebooks/02_x.ipynb"):
-        records.load("02_x")
+        records.load("02_x", out)
+
+
+def test_load_reads_the_committed_record_in_any_mode(out, monkeypatch):
+    monkeypatch.setenv(mode.QUICK_ENV, "1")
+    committed = records.load("02_lenet_batch_norm_scratch")
+    assert [h.seed for h in committed] == [0, 1, 2] and committed[0].num_epochs == 10
 
 
 def test_compare_table():
@@ -91,9 +97,9 @@ def test_record_groups_and_summary(out):
                                     "test_acc": pytest.approx([0.8, 0.8]),
                                     "examples_per_sec": [1200.0, 1200.0]}
     assert entry["runs"]["a"][1]["test_acc"] == pytest.approx([0.5, 0.5])
-    assert records.load("06_sweep") == groups
+    assert records.load("06_sweep", out) == groups
     with pytest.raises(FileNotFoundError, match="notebooks/07_none.ipynb"):
-        records.load("07_none")
+        records.load("07_none", out)
     _, md_path = records.write_summary({"06_sweep": 3.0})
     row = [line for line in md_path.read_text().splitlines() if "06_sweep" in line][0]
     assert "| 1 to 3 |" in row and "2 settings" in row

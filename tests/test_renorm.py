@@ -238,7 +238,7 @@ def test_lenet_trains_with_renorm():
     y = np.array(onp.arange(24) % 10, dtype="float32")
     data = gluon.data.DataLoader(gluon.data.ArrayDataset(X, y), batch_size=8)
     history = train.train(net, data, data, num_epochs=1, lr=0.5, device=mx.cpu(),
-                          hybridize=True, animate=False, quiet=True)
+                          hybridize=True)
     layers = [b for b in net if isinstance(b, BatchRenorm)]
     assert len(layers) == 4 and all(b.step == 3 for b in layers)
     assert layers[0].limits_at(layers[0].step) == (3.0, 5.0)  # renorm was on by the end

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import io
 import multiprocessing as mp
 import os
 import queue
@@ -216,8 +217,8 @@ def sweep(settings: Settings, train_iter, test_iter, num_epochs: int,
     def task(name, seed):
         make_net, lr = settings[name]
         net = make_net()
-        h = train.train(net, train_iter, test_iter, num_epochs, lr, device=device,
-                        seed=seed, animate=False, hybridize=hybridize, quiet=True)
+        with contextlib.redirect_stdout(io.StringIO()):  # the report below speaks for it
+            h = train.train(net, train_iter, test_iter, num_epochs, lr, device, seed, hybridize)
         h.extra = {key: fn(net) for key, fn in (measure or {}).items()}
         return h
 

@@ -26,13 +26,15 @@ BOOK = {
 }
 
 
+def committed_dir() -> Path:
+    """The checkout's ``results/``: the committed full run's records."""
+    root = Path(__file__).resolve().parents[2]
+    return root / "results" if (root / "pyproject.toml").exists() else Path("results")
+
+
 def results_dir() -> Path:
     """``$D2LBN_RESULTS``, else the checkout's ``results/`` (``results/quick`` in quick mode)."""
-    if os.environ.get(RESULTS_ENV):
-        base = Path(os.environ[RESULTS_ENV])
-    else:
-        root = Path(__file__).resolve().parents[2]
-        base = root / "results" if (root / "pyproject.toml").exists() else Path("results")
+    base = Path(os.environ[RESULTS_ENV]) if os.environ.get(RESULTS_ENV) else committed_dir()
     # Quick runs never overwrite the committed full-run results
     return base / "quick" if mode.is_quick() else base
 
@@ -74,12 +76,15 @@ def record(stem: str, runs: list[History] | dict[str, list[History]]) -> Path:
     return path
 
 
-def load(stem: str) -> list[History] | dict[str, list[History]]:
-    """The runs a notebook recorded, in the shape it gave to ``record``."""
-    path = results_dir() / "runs" / f"{stem}.json"
+def load(stem: str, folder: Path | None = None) -> list[History] | dict[str, list[History]]:
+    """The runs notebook ``stem`` recorded, as it gave them to ``record``.
+
+    By default the committed full run's, in any mode, so that no notebook waits for another.
+    """
+    path = (folder or committed_dir()) / "runs" / f"{stem}.json"
     if not path.exists():
-        raise FileNotFoundError(f"no recorded runs at {path}: run notebooks/{stem}.ipynb "
-                                "first (`python -m d2lbn run` runs the notebooks it needs)")
+        raise FileNotFoundError(f"no committed record at {path}: `python -m d2lbn run "
+                                f"{stem[:2]}` makes one (notebooks/{stem}.ipynb in full mode)")
     runs = json.loads(path.read_text())["runs"]
     if isinstance(runs, dict):
         return {name: [History(**h) for h in group] for name, group in runs.items()}

@@ -1,8 +1,7 @@
 """Execute, strip and check the notebooks: what ``make run`` and the tests use.
 
 ``run_all`` executes notebooks concurrently, each kernel single-threaded and
-holding one token of the run's jobserver (see ``parallel``), in an order that
-runs a notebook after those whose records it loads.
+holding one token of the run's jobserver (see ``parallel``), longest first.
 """
 
 from __future__ import annotations
@@ -10,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import re
 import shutil
 import signal
 import statistics
@@ -28,8 +26,6 @@ from .records import RESULTS_ENV, results_dir, write_atomic, write_summary
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 # Cell metadata that changes from run to run and means nothing to a reader
 VOLATILE = ("execution", "collapsed", "scrolled", "ExecuteTime")
-# lab.load("02_lenet_batch_norm_scratch"): the notebook reads another one's records
-LOADS = re.compile(r"""\blab\.load\(\s*["'](\d\d_\w+)["']""")
 PROGRESS_EVERY_S = 300
 # nbval compares every output but those of cells tagged IGNORE, which carry one of
 # these tags beside it to say why their output varies
@@ -122,12 +118,6 @@ def compared_outputs(nb) -> int:
                and IGNORE not in c.metadata.get("tags", []))
 
 
-def loads(path: Path) -> set[str]:
-    """The notebooks (stems) whose records ``path`` loads."""
-    nb = nbformat.read(path, as_version=4)
-    return {m for c in nb.cells if c.cell_type == "code" for m in LOADS.findall(c.source)}
-
-
 def recorded_wall_s() -> dict[str, float]:
     """Each notebook's wall time in the last full run (``results/summary.json``)."""
     path = results_dir() / "summary.json"
@@ -137,16 +127,9 @@ def recorded_wall_s() -> dict[str, float]:
 
 
 def schedule(paths: list[Path], wall: dict[str, float]) -> list[Path]:
-    """Longest chain of dependent notebooks first, so that the run ends soonest."""
-    stems = {p.stem for p in paths}
-    deps = {p.stem: loads(p) & stems for p in paths}
+    """Longest recorded notebook first, so that the run ends soonest."""
     default = statistics.median(wall.values()) if wall else 60.0
-
-    def chain(stem: str) -> float:
-        after = [s for s in stems if stem in deps[s]]
-        return wall.get(stem, default) + max((chain(s) for s in after), default=0.0)
-
-    return sorted(paths, key=lambda p: -chain(p.stem))
+    return sorted(paths, key=lambda p: -wall.get(p.stem, default))
 
 
 def estimate_left(running: dict[str, float], pending: list[str], wall: dict[str, float],
@@ -189,9 +172,9 @@ def run_all(paths: list[Path] | None = None, jobs: int | None = None) -> dict[st
     """Execute notebooks, ``jobs`` processes at a time; replace them and ``results/`` only
     if every one ran cleanly.
 
-    Runs go to a staging folder first (seeded with the recorded runs, which later
-    notebooks read), so a failure leaves the committed notebooks and results as
-    they were; the executed copies and partial runs stay in the staging folder.
+    Runs go to an empty staging folder first, so a failure leaves the committed
+    notebooks and results as they were; the executed copies and partial runs stay in
+    the staging folder. Only the records these notebooks wrote are copied back.
     """
     jobs = jobs or parallel_jobs()
     if jobs < 1:
@@ -201,14 +184,13 @@ def run_all(paths: list[Path] | None = None, jobs: int | None = None) -> dict[st
     final = results_dir()
     recorded = recorded_wall_s()
     staging = Path(tempfile.mkdtemp(prefix="run-", dir=_mkdir(final / ".tmp")))
-    if (final / "runs").exists():
-        shutil.copytree(final / "runs", staging / "runs")
     server = JobServer.create(str(staging / "jobserver"), jobs)
     # Kernels inherit the environment: their records land in staging
     env = {RESULTS_ENV: str(staging), JOBSERVER_ENV: server.path, JOBS_ENV: str(jobs),
            "OMP_NUM_THREADS": "1"}
     try:
         with environ(**env):
+            produced = results_dir()  # where the kernels' records land: staging(/quick)
             tic = time.perf_counter()
             executed, wall = asyncio.run(_run(paths, jobs, server, staging, recorded))
         run = {"notebooks": len(paths), "jobs": jobs, "wall_s": round(time.perf_counter() - tic)}
@@ -216,8 +198,8 @@ def run_all(paths: list[Path] | None = None, jobs: int | None = None) -> dict[st
         server.close()
     for path, nb in executed.items():
         write_atomic(path, nbformat.writes(nb) + "\n")
-    for record in (staging / "runs").glob("*.json"):
-        write_atomic(final / "runs" / record.name, record.read_text())
+    for record in sorted(produced.glob("*/*.json")):  # runs/, and claims/ if any
+        write_atomic(final / record.parent.name / record.name, record.read_text())
     shutil.rmtree(staging)
     json_path, md_path = write_summary(wall, run if whole else None)
     print(f"[d2lbn] wrote {json_path} and {md_path}")
@@ -231,7 +213,6 @@ async def _run(paths, jobs, server, staging, recorded):
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, main.cancel)
     order = schedule(paths, recorded)
-    deps = {p.stem: loads(p) & {q.stem for q in paths} for p in paths}
     executed, wall, started, failed = {}, {}, {}, []
     finished = asyncio.Event()
     t0 = time.perf_counter()
@@ -245,12 +226,9 @@ async def _run(paths, jobs, server, staging, recorded):
               f"{', '.join(s[:2] for s in running) or 'none'}, about {left / 60:.0f} min left "
               f"({(now - t0) / 60:.0f} min so far)", flush=True)
 
-    def ready(p: Path) -> bool:
-        return p.stem not in started and all(d in wall for d in deps[p.stem])
-
     async def one(path: Path) -> None:
-        # In schedule order: a token goes to the first notebook that may start
-        while (next((p for p in order if ready(p)), None) != path
+        # In schedule order: a token goes to the first notebook not yet started
+        while (next((p for p in order if p.stem not in started), None) != path
                or not server.try_acquire()):
             if failed:
                 return

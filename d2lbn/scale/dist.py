@@ -17,8 +17,10 @@ inside autograd, which is what synchronized BN across processes needs
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import faulthandler
+import io
 import os
 import pickle
 import signal
@@ -184,14 +186,56 @@ def _train_worker(norm, sync_bn, train_iter, test_iter, num_epochs, lr, seed, hy
     from .. import train as training
 
     kv = kvstore()
+    training.check_train_args(num_epochs, lr)
     net = lenet(norm, sync_bn)
-    history = training.train(net, shard(train_iter, kv.rank, kv.num_workers), test_iter,
-                             num_epochs, lr, device=None, seed=seed, animate=False,
-                             hybridize=hybridize, quiet=quiet or kv.rank != 0,
-                             devices=[mx.cpu()], kvstore=kv)
+    devices = [mx.cpu()]
+    trainer = training.prepare(net, devices, seed, hybridize, lambda ps: trainer_for(ps, lr))
+    history = training.History(lr=lr, batch_size=training._batch_size(train_iter),
+                               num_epochs=num_epochs, seed=seed,
+                               device=f"{kv.num_workers} workers x {devices[0]}")
+
+    def total(figures):
+        loss_sum, correct, n, seconds = figures
+        sums = all_reduce([mx.np.array([loss_sum, correct, n], dtype="float64")], "train/epoch")
+        return (*(float(v) for v in sums[0]), seconds)
+
+    # Rank 0 speaks for the run; with BN per worker the others' statistics differ anyway
+    with contextlib.redirect_stdout(sys.stdout if kv.rank == 0 and not quiet else io.StringIO()):
+        training.fit(net, trainer, shard(train_iter, kv.rank, kv.num_workers), test_iter, devices,
+                     history, scale=kv.num_workers, total=total, measure_test=kv.rank == 0)
     if save is not None and kv.rank == 0:
         net.save_parameters(save)
     return history
+
+
+def trainer_for(params, lr: float) -> gluon.Trainer:
+    """SGD whose gradients this run's ``dist_sync`` kvstore sums over the workers."""
+    # Workers update their own copies from the summed gradients: the servers
+    # then only add, which is what the sums of synchronized BN need from them too
+    return _SettledTrainer(params, "sgd", {"learning_rate": lr}, kvstore=kvstore(),
+                           update_on_kvstore=False)
+
+
+class _SettledTrainer(gluon.Trainer):
+    """``gluon.Trainer`` that calls the kvstore only when nothing else in the process does."""
+
+    def step(self, batch_size, ignore_stale_grad=False):
+        # MXNet runs an autograd.Function's backward on a thread of its own, after
+        # backward() has returned: there all_reduce sums the gradients of
+        # synchronized BN through the kvstore, which must not be called from two
+        # threads at once (apache/mxnet#6467). Overlapping calls left a worker
+        # waiting for ever on a sum the others had finished
+        mx.nd.waitall()
+        super().step(batch_size, ignore_stale_grad)
+
+    def _init_params(self):
+        super()._init_params()
+        # MXNet 1.9's first step pulls rank 0's parameters into every worker and
+        # then pushes the gradients under the same keys, and nothing orders the two.
+        # With update_on_kvstore=False a push that overtakes the pull makes the
+        # servers answer it with summed gradients, which become that worker's
+        # parameters (3 runs in 8 of a 2-worker LeNet here). So wait for the pull
+        mx.nd.waitall()
 
 
 def sgd_steps(norm, batches, lr: float, num_workers: int = 2, sync_bn: bool = False,
@@ -223,7 +267,8 @@ def _sgd_steps_worker(norm, batches, lr, sync_bn, seed):
     net.initialize(mx.init.Xavier(), ctx=mx.cpu())
     mine = [(onp.split(X, kv.num_workers)[kv.rank], onp.split(y, kv.num_workers)[kv.rank])
             for X, y in batches]
-    losses = training.sgd_steps(net, mine, lr, devices=[mx.cpu()], kvstore=kv)
+    losses = training.sgd_steps(net, mine, trainer_for(net.collect_params(), lr), [mx.cpu()],
+                                scale=kv.num_workers)
     return losses, parameters(net)
 
 
