@@ -1,9 +1,44 @@
-"""Command line: ``python -m d2lbn {data,run,train,bench}``."""
+"""Command line: ``python -m d2lbn {data,run,train,bench,recheck}``."""
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+
+NORMS = ("scratch", "hybrid", "fast", "gluon", "none")
+
+
+def at_least(low: int):
+    """An argparse type: a whole number no smaller than ``low``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+    return parse
+
+
+def seed(text: str) -> int:
+    """An argparse type: a seed NumPy accepts, 0 to 2**32 - 1."""
+    value = at_least(0)(text)
+    if value >= 2 ** 32:
+        raise argparse.ArgumentTypeError(f"must be below 2**32, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,18 +50,21 @@ def main(argv: list[str] | None = None) -> int:
                    add_help=False)
     sub.add_parser("bench", help="from-scratch vs built-in BatchNorm: LeNet and op timings",
                    add_help=False)
+    sub.add_parser("recheck", help="re-run notebooks on another float path; do their claims "
+                   "hold?", add_help=False)
     run = sub.add_parser("run", help="execute notebooks (all by default), write results/")
     run.add_argument("notebooks", nargs="*", help="paths or numbers, e.g. 02 03")
-    run.add_argument("--jobs", "-j", type=int, default=None,
+    run.add_argument("--jobs", "-j", type=at_least(1), default=None,
                      help="processes at once, kernels and their workers (default: the cores)")
     tr = sub.add_parser("train", help="train the chapter's LeNet once, log per epoch")
-    tr.add_argument("--norm", default="scratch", help="scratch | hybrid | fast | gluon | none")
-    tr.add_argument("--lr", type=float, default=1.0)
-    tr.add_argument("--num-epochs", type=int, default=10)
-    tr.add_argument("--batch-size", type=int, default=256)
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--num-train", type=int, default=None, help="the first examples only")
-    tr.add_argument("--workers", type=int, default=1,
+    tr.add_argument("--norm", default="scratch", choices=NORMS)
+    tr.add_argument("--lr", type=positive_float, default=1.0)
+    tr.add_argument("--num-epochs", type=at_least(1), default=10)
+    tr.add_argument("--batch-size", type=at_least(1), default=256)
+    tr.add_argument("--seed", type=seed, default=0)
+    tr.add_argument("--num-train", type=at_least(1), default=None,
+                    help="the first examples only")
+    tr.add_argument("--workers", type=at_least(1), default=1,
                     help="worker processes, each with its shard of every batch (MXNet's "
                          "dist_sync kvstore on 127.0.0.1); 1: this process alone")
     tr.add_argument("--sync-bn", action="store_true",
@@ -40,23 +78,25 @@ def main(argv: list[str] | None = None) -> int:
         from .lab import bench
 
         return bench.main(rest)
-    if rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    if args.command == "run":
-        from .lab import runner
+    if args.command == "recheck":
+        from .lab import recheck
 
-        if args.jobs is not None and args.jobs < 1:
-            parser.error(f"--jobs must be at least 1, got {args.jobs}")
+        return recheck.main(rest)
+    if rest:
+        (run if args.command == "run" else tr).error(
+            f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "run":
+        from .lab import parallel, runner
+
         try:
             paths = runner.resolve(args.notebooks) if args.notebooks else None
+            jobs = args.jobs or parallel.jobs()  # D2LBN_JOBS, checked before anything runs
         except ValueError as err:
-            parser.error(str(err))
-        runner.run_all(paths, args.jobs)
+            run.error(str(err))
+        runner.run_all(paths, jobs)
         return 0
-    if args.workers < 1:
-        parser.error(f"--workers must be at least 1, got {args.workers}")
     if args.sync_bn and (args.workers == 1 or args.norm not in ("scratch", "hybrid", "fast")):
-        parser.error("--sync-bn needs --workers 2 or more and --norm scratch, hybrid or fast")
+        tr.error("--sync-bn needs --workers 2 or more and --norm scratch, hybrid or fast")
     from . import data, models, train
 
     train_iter, test_iter = data.load_data_fashion_mnist(args.batch_size, num_train=args.num_train)
@@ -77,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     net = models.lenet(norm)
     train.train(net, train_iter, test_iter, args.num_epochs, args.lr, seed=args.seed,
-                animate=False, hybridize=norm != "scratch")
+                hybridize=norm != "scratch")
     return 0
 
 

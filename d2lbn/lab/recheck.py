@@ -1,0 +1,168 @@
+"""``python -m d2lbn recheck NN [NN ...]``: do the notebooks' claims survive another float path?
+
+Re-runs the notebooks into a scratch folder (never over the committed notebooks or
+``results/``) with oneDNN on an instruction set other than the committed run's
+(``results/float_path.json``), or off, and lists every claim whose verdict differs
+from the committed one. Exits 1 if a claim that held, or came out reversed, does not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from . import floatpath, runner
+from .records import RESULTS_ENV, results_dir
+
+DECIDED = ("holds", "reversed")
+
+
+@dataclasses.dataclass
+class Change:
+    """A claim whose verdict differs between the committed run and the re-run."""
+
+    notebook: str
+    text: str
+    committed: str  # a verdict, or "absent"
+    rerun: str
+
+    def fails(self) -> bool:
+        """Whether a decided claim came out otherwise."""
+        return self.committed in DECIDED and self.rerun != self.committed
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The options: notebooks, and optionally the float path and the scratch folder."""
+    p = argparse.ArgumentParser(prog="python -m d2lbn recheck",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("notebooks", nargs="+", help="paths or numbers, e.g. 12 16")
+    path = p.add_mutually_exclusive_group()
+    path.add_argument("--isa", choices=list(floatpath.ISA_FLAGS),
+                      help="cap oneDNN at this instruction set (DNNL_MAX_CPU_ISA); by default "
+                           "one other than the committed run's")
+    path.add_argument("--no-onednn", action="store_true",
+                      help="turn oneDNN off (MXNET_MKLDNN_ENABLED=0)")
+    p.add_argument("--jobs", "-j", type=_positive, default=None,
+                   help="processes at once (default: the cores)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="scratch folder for the re-run (default: a new one in results/.tmp)")
+    return p.parse_args(argv)
+
+
+def _positive(text: str) -> int:
+    value = int(text) if text.lstrip("-").isdigit() else None
+    if value is None or value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return value
+
+
+@contextlib.contextmanager
+def _environ(values: dict[str, str | None]):
+    # Like parallel.environ, but None unsets a variable for the block
+    saved = {k: os.environ.get(k) for k in values}
+    for k, v in values.items():
+        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+def same_path(a: dict, b: dict) -> bool:
+    """Whether two recorded float paths run the same kernels (oneDNN's ISA, OpenBLAS's core)."""
+    return ((a.get("onednn") or {}).get("isa") == (b.get("onednn") or {}).get("isa")
+            and (a.get("openblas") or {}).get("core") == (b.get("openblas") or {}).get("core"))
+
+
+def choose(args: argparse.Namespace, committed: dict | None) -> tuple[dict, dict]:
+    """The settings of the re-run and its float path, other than ``committed``'s."""
+    if args.no_onednn:
+        env = {"MXNET_MKLDNN_ENABLED": "0"}
+    elif args.isa:
+        env = {"DNNL_MAX_CPU_ISA": args.isa, "MXNET_MKLDNN_ENABLED": None}
+    else:
+        env = floatpath.other_than(committed, floatpath.cpu()[1])
+    path = floatpath.float_path(env)
+    if committed and same_path(path, committed):
+        if args.isa or args.no_onednn:
+            raise SystemExit(f"python -m d2lbn recheck: {floatpath.describe(path)} is the "
+                             "committed run's float path; choose another")
+        env = {"MXNET_MKLDNN_ENABLED": "0"}  # oneDNN off differs from any oneDNN path
+        path = floatpath.float_path(env)
+    return env, path
+
+
+def changes(committed: Path, rerun: Path, notebooks: list[str]) -> tuple[list[Change], int]:
+    """Claims whose verdict differs between two results folders, and how many were compared.
+
+    ``notebooks``: the claims files to compare (``claims/<name>.json``), besides every
+    one the re-run wrote.
+    """
+    names = sorted(set(notebooks) | {p.stem for p in (rerun / "claims").glob("*.json")})
+    found, count = [], 0
+    for name in names:
+        old, new = _verdicts(committed / "claims" / f"{name}.json"), \
+            _verdicts(rerun / "claims" / f"{name}.json")
+        count += len(old.keys() | new.keys())
+        for text in dict.fromkeys([*old, *new]):  # the committed order, then new claims
+            before, after = old.get(text, "absent"), new.get(text, "absent")
+            if before != after:
+                found.append(Change(name, text, before, after))
+    return found, count
+
+
+def _verdicts(path: Path) -> dict[str, str]:
+    return {c["text"]: c["verdict"] for c in json.loads(path.read_text())} \
+        if path.exists() else {}
+
+
+def main(argv: list[str]) -> int:
+    """Re-run the notebooks on another float path; list changed claims; 1 if any failed."""
+    args = parse_args(argv)
+    try:
+        paths = runner.resolve(args.notebooks)
+    except ValueError as err:
+        raise SystemExit(f"python -m d2lbn recheck: {err}") from None
+    committed_dir = results_dir()
+    committed = floatpath.read(committed_dir)
+    env, path = choose(args, committed)
+    print(f"[d2lbn] recheck on {floatpath.describe(path)}")
+    print("[d2lbn] committed run: "
+          + (floatpath.describe(committed) if committed
+             else f"not recorded ({committed_dir / floatpath.FILE} is missing)"), flush=True)
+    if args.out:
+        scratch = args.out.resolve()
+        scratch.mkdir(parents=True, exist_ok=True)
+    else:
+        tmp = committed_dir / ".tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix="recheck-", dir=tmp))
+    copies = []
+    for p in paths:
+        (scratch / "notebooks").mkdir(exist_ok=True)
+        copies.append(Path(shutil.copy2(p, scratch / "notebooks" / p.name)))
+    with _environ({**env, RESULTS_ENV: str(scratch / "results")}):
+        rerun_dir = results_dir()  # scratch/results, or its quick/ in quick mode
+        floatpath.write(rerun_dir, path)
+        try:
+            wall = runner.run_all(copies, args.jobs)
+        except RuntimeError as err:
+            print(f"python -m d2lbn recheck: {err}")
+            return 1
+    for stem, seconds in wall.items():
+        print(f"[d2lbn] {stem}: {seconds / 60:.1f} min")
+    found, count = changes(committed_dir, rerun_dir, [p.stem for p in paths])
+    failed = [c for c in found if c.fails()]
+    for c in found:
+        print(f"{'FLIPPED' if c.fails() else 'changed'} {c.notebook}: {c.text!r}: "
+              f"{c.committed} -> {c.rerun}")
+    print(f"[d2lbn] {count} claims in {len(paths)} notebooks: {len(found)} with another "
+          f"verdict, {len(failed)} of them decided before. Re-run in {scratch}")
+    return 1 if failed else 0
