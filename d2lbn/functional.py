@@ -130,7 +130,7 @@ def _standardize(F, X, mean, var, eps, normalize):
 
 
 # Normalisation within each example (no batch statistics): layer, group and instance
-# norm. Their Blocks are in norms; the docstring there compares them with MXNet's.
+# norm. Their Blocks are in norms.perexample, whose docstring says how MXNet's differ.
 
 
 def layer_axes(ndim: int) -> tuple[int, ...]:
