@@ -125,7 +125,8 @@ def test_final_and_epoch_swing():
 ROOT = Path(__file__).resolve().parents[1]
 # A run's printed figures: lab.sweep's "[i/n] name, seed s: loss ..." and History.summary()
 RUN_LINE = re.compile(r"(?:\[\d+/\d+\] (?:(?P<name>.+), )?seed (?P<seed>\d+): )?"
-                      r"loss (?P<loss>[\d.naif]+), train acc (?P<train_acc>[\d.naif]+), test acc (?P<test_acc>[\d.naif]+)")
+                      r"loss (?P<loss>[\d.naif]+), train acc (?P<train_acc>[\d.naif]+), "
+                      r"test acc (?P<test_acc>[\d.naif]+)")
 # Runs a notebook prints but keeps no history of: notebook 10's screen for a learning rate
 UNRECORDED = {"10_exercise_dropout_vs_bn": re.compile(r", lr [\d.]+$")}
 
