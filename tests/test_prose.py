@@ -34,6 +34,23 @@ def test_a_stale_number_is_caught():
     assert prose.unprinted(stale) == ["cell 1: 0.816"]
 
 
+def test_a_figure_only_an_ignored_output_shows_is_run_dependent():
+    nb = notebook("Test accuracy 0.847.", "test acc 0.847\n")
+    assert prose.unprinted(nb) == []
+    nb.cells[0].metadata["tags"] = [runner.IGNORE, "varies-full-run"]
+    assert prose.unprinted(nb) == ["cell 1: 0.847"]
+    assert prose.unprinted(nb, compared_only=False) == []
+    assert prose.IGNORE == runner.IGNORE
+
+
+# Notebooks whose prose still quotes figures of their own runs: each leaves this list when it
+# is rewritten around printed claims and re-run (issue 22); until then, their figures must at
+# least be printed by some output of theirs
+NOT_YET_REWRITTEN = {"01", "02", "03", "04", "05", "06", "07", "08", "09", "10", "12", "13", "14",
+                     "15", "16", "17", "18", "19", "20"}
+
+
 @pytest.mark.parametrize("path", runner.notebooks(), ids=lambda p: p.stem[:2])
-def test_committed_prose_shows_only_printed_figures(path):
-    assert prose.unprinted(nbformat.read(path, as_version=4)) == []
+def test_committed_prose_quotes_only_figures_any_rerun_shows(path):
+    nb = nbformat.read(path, as_version=4)
+    assert prose.unprinted(nb, compared_only=path.stem[:2] not in NOT_YET_REWRITTEN) == []

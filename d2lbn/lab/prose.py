@@ -1,14 +1,17 @@
-"""Figures in a notebook's prose that none of its cells printed.
+"""Figures in a notebook's prose that a re-run would not reproduce.
 
-Every decimal figure in a notebook's markdown (``0.816``, ``8.4×``, ``−2.72``)
-must be shown, at the precision written, by one of its outputs, or be a setting
-written in its code (``lr = 0.01``). LaTeX, inline code and version numbers are
-not figures.
+Every decimal figure in a notebook's markdown (``0.816``, ``8.4×``, ``−2.72``) must
+be a setting written in its code (``lr = 0.01``) or be shown, at the precision
+written, by an output that nbval compares: one that is the same on any machine,
+such as the book's figures printed from the package. LaTeX, inline code and version
+numbers are not figures.
 """
 
 from __future__ import annotations
 
 import re
+
+IGNORE = "nbval-ignore-output"  # the tag of cells whose output nbval does not compare
 
 # A decimal with one point (versions such as 1.9.1 have two), sign and exponent apart
 DECIMAL = re.compile(r"(?<![\w.])(\d+\.\d+)(?:[eE]([-+]?\d+))?(?![\w.]*\.\d)")
@@ -23,13 +26,16 @@ def prose_figures(markdown: str) -> list[str]:
     return [m.group(0) for m in DECIMAL.finditer(text)]
 
 
-def printed_numbers(nb) -> list[float]:
-    """Every number in the text outputs of a notebook's code cells (and in its code)."""
+def printed_numbers(nb, compared_only: bool = True) -> list[float]:
+    """Every number in a notebook's code and in the text outputs that nbval compares
+    (``compared_only``), or in all of them."""
     texts = []
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
         texts.append(cell.source)
+        if compared_only and IGNORE in cell.metadata.get("tags", []):
+            continue  # its output varies from run to run
         for out in cell.get("outputs", []):
             texts.append(out.get("text", ""))
             data = out.get("data", {})
@@ -49,9 +55,10 @@ def shown(figure: str, numbers: list[float]) -> bool:
     return any(abs(n - value) <= tolerance for n in numbers)
 
 
-def unprinted(nb) -> list[str]:
-    """The figures in the markdown cells of ``nb`` that no output shows, with their cell."""
-    numbers = printed_numbers(nb)
+def unprinted(nb, compared_only: bool = True) -> list[str]:
+    """The figures in the markdown cells of ``nb`` that neither its code nor an output shows
+    (an output nbval compares, with ``compared_only``), with their cell."""
+    numbers = printed_numbers(nb, compared_only)
     missing = []
     for i, cell in enumerate(nb.cells):
         if cell.cell_type != "markdown":
