@@ -18,7 +18,7 @@ from pathlib import Path
 
 import nbformat
 
-from . import mode
+from . import floatpath, mode
 from .parallel import JOBS_ENV, JOBSERVER_ENV, JobServer, environ
 from .parallel import jobs as parallel_jobs
 from .records import RESULTS_ENV, results_dir, write_atomic, write_summary
@@ -200,6 +200,7 @@ def run_all(paths: list[Path] | None = None, jobs: int | None = None) -> dict[st
         write_atomic(path, nbformat.writes(nb) + "\n")
     for record in sorted(produced.glob("*/*.json")):  # runs/, and claims/ if any
         write_atomic(final / record.parent.name / record.name, record.read_text())
+    floatpath.write(final)  # the kernels' instruction set and libraries: what recheck avoids
     shutil.rmtree(staging)
     json_path, md_path = write_summary(wall, run if whole else None)
     print(f"[d2lbn] wrote {json_path} and {md_path}")
