@@ -7,7 +7,7 @@ from typing import Callable, Union
 
 from mxnet.gluon import nn
 
-from .fast import FastBatchNorm
+from .fast import FastBatchNorm, compiled
 from .layers import BatchNorm, HybridBatchNorm
 
 NormFactory = Callable[[int, int], nn.Block]
@@ -35,6 +35,7 @@ def norm_factory(norm: Norm) -> NormFactory | None:
         "hybrid": lambda c, d: HybridBatchNorm(c, num_dims=d),
         "gluon": lambda c, d: nn.BatchNorm(in_channels=c),
         "fast": lambda c, d: FastBatchNorm(c, num_dims=d),
+        "cpp": lambda c, d: compiled.compiled_batch_norm(c, num_dims=d),
     }
     if norm not in factories:
         raise ValueError(f"norm must be one of {sorted(factories)}, None or a callable "
@@ -58,9 +59,10 @@ def lenet(norm: Norm = "scratch", placement: str = "before", activation: str = "
     if len(rates) != 2 or not all(0.0 <= p < 1.0 for p in rates):
         raise ValueError(f"dropout must be a rate in [0, 1) or two of them, got {dropout}")
     make_norm = norm_factory(norm)
-    # Gluon's own layers compile into one graph; ours that return moving
-    # statistics, and callables, compile layer by layer; the book's Block cannot
-    if norm in (None, "gluon"):
+    # Gluon's own layers compile into one graph, and so does the C++ one (it updates
+    # its statistics in place; without a compiler it falls back to "fast"); ours that
+    # return them, and callables, compile layer by layer; the book's Block cannot
+    if norm in (None, "gluon") or (norm == "cpp" and compiled.available()):
         net = nn.HybridSequential()
     else:
         net = nn.Sequential() if norm == "scratch" else LayerwiseSequential()
