@@ -28,7 +28,7 @@ from .. import models
 from ..fast import FastBatchNorm, affine
 from ..functional import batch_norm
 from ..layers import HybridBatchNorm
-from ..train import sgd_step
+from ..train import accuracy, sgd_step, train_epoch
 from . import mode
 
 # LeNet variants: (norm for models.lenet, hybridize?)
@@ -41,6 +41,10 @@ LENET = {
     "none": (None, True),              # no BN at all, one graph
 }
 OP_VARIANTS = ["scratch", "scratch_hybrid", "scratch_fast", "gluon", "gluon_hybrid"]
+LOOPS = {"read_every_batch": "hybridize(), each batch's loss and accuracy read as it ends "
+                             "(the loop before)",
+         "train_loop": "train.train's loop: hybridize(static_alloc=True, static_shape=True), "
+                       "sums kept on the device and read once"}
 DESCRIPTIONS = {
     "lenet": "LeNet with BN before each sigmoid, SGD, synthetic Fashion-MNIST-shaped batches; "
              "scratch: d2lbn.BatchNorm; scratch_hybrid: d2lbn.HybridBatchNorm (the same math, "
@@ -48,6 +52,8 @@ DESCRIPTIONS = {
              "layer hybridized; gluon: nn.BatchNorm, imperative; gluon_hybrid: nn.BatchNorm, "
              "the whole net one graph; none: no BN, one graph; rounds_examples_per_sec: the "
              "window's rounds, which alternate the variants",
+    "loop": "LeNet with nn.BatchNorm, hybridized, on the same batches: "
+            + "; ".join(f"{name}: {text}" for name, text in LOOPS.items()),
     "ops": "one recorded forward and backward; scratch: d2lbn.batch_norm; scratch_hybrid: "
            "HybridBatchNorm hybridized; scratch_fast: FastBatchNorm hybridized; gluon: "
            "npx.batch_norm (fused), imperative; gluon_hybrid: nn.BatchNorm hybridized; "
@@ -170,14 +176,61 @@ def _train_batches(net, trainer, loss, batches, count: int) -> float:
     return time.perf_counter() - tic
 
 
-def bench_lenet(args, ctx: mx.Context, log=print) -> list[dict]:
-    """Examples/s of LeNet training per variant over ``args.batches`` batches."""
+def synthetic_batches(batch_size: int, ctx: mx.Context, n: int = 4) -> list:
+    """``n`` Fashion-MNIST-shaped batches of noise and labels, the same in every run."""
     rng = onp.random.default_rng(0)
     mx.random.seed(0)
-    batches = [(np.array(rng.normal(size=(args.batch_size, 1, 28, 28)), dtype="float32",
-                         ctx=ctx),
-                np.array(rng.integers(0, 10, size=args.batch_size), dtype="float32", ctx=ctx))
-               for _ in range(4)]
+    return [(np.array(rng.normal(size=(batch_size, 1, 28, 28)), dtype="float32", ctx=ctx),
+             np.array(rng.integers(0, 10, size=batch_size), dtype="float32", ctx=ctx))
+            for _ in range(n)]
+
+
+def _loop_net(loop: str, ctx: mx.Context):
+    net = models.lenet("gluon")
+    net.initialize(init.Xavier(), ctx=ctx)
+    net.hybridize(**({} if loop == "read_every_batch" else
+                     dict(static_alloc=True, static_shape=True)))
+    return net, gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.9})
+
+
+def _loop_round(loop: str, net, trainer, batches, count: int, ctx: mx.Context) -> float:
+    """Seconds for ``count`` training steps with ``loop``'s bookkeeping."""
+    window = [batches[i % len(batches)] for i in range(count)]
+    if loop == "train_loop":
+        return train_epoch(net, trainer, window, [ctx])[3]
+    loss = gluon.loss.SoftmaxCrossEntropyLoss()
+    tic = time.perf_counter()
+    loss_sum = correct = 0.0
+    for X, y in window:
+        l, y_hat = sgd_step(net, trainer, loss, X, y)
+        loss_sum += float(l.sum())  # each read waits for the step
+        correct += accuracy(y_hat, y)
+    return time.perf_counter() - tic
+
+
+def bench_loop(args, ctx: mx.Context, batches, log=print) -> dict:
+    """LeNet-BN (``nn.BatchNorm``) training steps/s under the two loops, in alternating rounds."""
+    runs = {loop: _loop_net(loop, ctx) for loop in LOOPS}
+    for loop, (net, trainer) in runs.items():
+        _loop_round(loop, net, trainer, batches, args.warmup, ctx)
+    per_round = [args.batches // args.rounds + (r < args.batches % args.rounds)
+                 for r in range(args.rounds)]
+    secs = {loop: [] for loop in runs}
+    for count in per_round:
+        for loop, (net, trainer) in runs.items():
+            secs[loop].append(_loop_round(loop, net, trainer, batches, count, ctx))
+    rates = {loop: sum(per_round) * args.batch_size / sum(t) for loop, t in secs.items()}
+    out = {**{f"{loop}_examples_per_sec": rate for loop, rate in rates.items()},
+           "ratio": rates["train_loop"] / rates["read_every_batch"],
+           "rounds_ratio": [a / b for a, b in zip(secs["read_every_batch"], secs["train_loop"])]}
+    log(f"  loop: train.train's {rates['train_loop']:.0f} examples/s against "
+        f"{rates['read_every_batch']:.0f} reading every batch: {out['ratio']:.2f}x")
+    return out
+
+
+def bench_lenet(args, ctx: mx.Context, log=print) -> list[dict]:
+    """Examples/s of LeNet training per variant over ``args.batches`` batches."""
+    batches = synthetic_batches(args.batch_size, ctx)
     loss = gluon.loss.SoftmaxCrossEntropyLoss()
     runs = {v: _lenet(v, ctx) for v in args.variants}
     for net, trainer in runs.values():
@@ -339,7 +392,25 @@ def table(result: dict) -> str:
                          + "".join(f"{r['fwd_bwd_ms']:16.3f}" if r else f"{'-':>16s}"
                                    for r in row) + f"{first['floor_ms']:10.3g}"
                          + (f"{conv:10.3f}" if conv else f"{'-':>10s}"))
+    if "loop" in result:
+        loop = result["loop"]
+        lines += ["", f"training loop, LeNet with nn.BatchNorm: train.train's "
+                  f"{loop['train_loop_examples_per_sec']:.0f} examples/s against "
+                  f"{loop['read_every_batch_examples_per_sec']:.0f} reading every batch: "
+                  f"{loop['ratio']:.2f}x (per round {min(loop['rounds_ratio']):.2f}-"
+                  f"{max(loop['rounds_ratio']):.2f})"]
     return "\n".join(lines)
+
+
+def markdown(result: dict) -> str:
+    """``results/bench.md``: the tables of one run, what each variant is, and the machine."""
+    m = result["machine"]
+    return "\n".join([
+        "# Benchmark (one run of `python -m d2lbn bench`)", "",
+        f"{m['cpu']}, {m['cores']} cores, MXNet {m['mxnet']}, Python {m['python']}; ratios "
+        "are within this one run, whose rounds alternate the variants.", "",
+        "```", table(result), "```", "",
+        *(f"- **{name}**: {text}" for name, text in result["descriptions"].items())]) + "\n"
 
 
 def main(argv: list[str]) -> int:
@@ -355,11 +426,13 @@ def main(argv: list[str]) -> int:
     result["copy_gbps"] = max(rates.values())
     result["machine"]["copy_gbps_by"] = rates
     result["lenet"] = bench_lenet(args, ctx)
+    result["loop"] = bench_loop(args, ctx, synthetic_batches(args.batch_size, ctx))
     result["ops"] = bench_ops(args, ctx, result["copy_gbps"])
     print()
     print(table(result))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1) + "\n")
-        print(f"\nwrote {args.json}")
+        args.json.with_suffix(".md").write_text(markdown(result))
+        print(f"\nwrote {args.json} and {args.json.with_suffix('.md')}")
     return 0
