@@ -1,6 +1,7 @@
 """recheck: notebooks re-run on another float path, into scratch; flipped claims fail it."""
 
 import json
+import os
 import re
 
 import pytest
@@ -13,7 +14,7 @@ A = [0.90, 0.95, 0.92]
 
 def fake_path(env=None):
     """A float path without the probe: oneDNN's ISA follows DNNL_MAX_CPU_ISA, as it does."""
-    env = env or {}
+    env = {**{k: os.environ.get(k) for k in floatpath.ENV}, **(env or {})}
     isa = {"SSE41": "Intel SSE4.1", "AVX2": "Intel AVX2", "AVX512_CORE": "Intel AVX-512",
            None: "Intel AVX-512"}[env.get("DNNL_MAX_CPU_ISA")]
     if env.get("MXNET_MKLDNN_ENABLED") == "0":
@@ -42,6 +43,8 @@ claims.claim("a above b", {A}, [0.1, 0.2, 0.15])
 @pytest.fixture
 def committed(tmp_path, monkeypatch):
     """Two notebooks and their committed claims from an AVX2 run, in ``tmp_path``."""
+    for key in floatpath.ENV:  # the tests' own settings must not steer the re-run
+        monkeypatch.delenv(key, raising=False)
     monkeypatch.setattr(floatpath, "float_path", fake_path)
     monkeypatch.setattr(floatpath, "cpu", lambda: ("Fake CPU", ["avx2", "avx512f", "sse4_1"]))
     results = tmp_path / "results"

@@ -150,8 +150,7 @@ def main(argv: list[str]) -> int:
         copies.append(Path(shutil.copy2(p, scratch / "notebooks" / p.name)))
     with _environ({**env, RESULTS_ENV: str(scratch / "results")}):
         rerun_dir = results_dir()  # scratch/results, or its quick/ in quick mode
-        floatpath.write(rerun_dir, path)
-        try:
+        try:  # run_all also records the re-run's float path there
             wall = runner.run_all(copies, args.jobs)
         except RuntimeError as err:
             print(f"python -m d2lbn recheck: {err}")
