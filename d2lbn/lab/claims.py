@@ -275,6 +275,7 @@ def figure(notebook: str | None = None, claims: list[Claim] | None = None):
     and the difference a − b with its 95% interval (right, green holds, red reversed,
     grey undecided; dots: per-seed differences when paired)."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     if claims is None:
         claims = load(notebook or _current)
@@ -308,6 +309,7 @@ def figure(notebook: str | None = None, claims: list[Claim] | None = None):
         right.set_title(f"{c.names[0]} − {c.names[1]}: {c.verdict}", fontsize="small",
                         loc="left", color=color)
         for ax in (left, right):
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
             ax.grid(alpha=0.3, axis="x")
             ax.tick_params(labelsize="small")
     fig.tight_layout()
