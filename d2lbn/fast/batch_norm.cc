@@ -10,6 +10,7 @@
 // The mean is kept in two parts, K + shift, K a value of X (the channel's first in
 // training, 0 in prediction): X - K is exact in float32 where X - mean would carry
 // the rounding of a large mean (1000: 3e-5) into every output.
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include "lib_api.h"
@@ -39,55 +40,65 @@ std::vector<T> centres(const T* X, Dims d, bool training) {
   return K;
 }
 
-// Training, pass 1: per channel, the sums of x - K and (x - K)^2, in double
+// f(i, c) on every element, i its flat index, c its channel. The inner loop is
+// vectorised: over the positions, or over the channels when there are none (2-D)
+template <typename F> inline __attribute__((always_inline)) void each(Dims d, F f) {
+  for (int64_t n = 0; n < d.N; ++n) {
+    if (d.S == 1) {
+#pragma omp simd
+      for (int64_t c = 0; c < d.C; ++c) f(n * d.C + c, c);
+      continue;
+    }
+    for (int64_t c = 0; c < d.C; ++c) {
+      const int64_t o = (n * d.C + c) * d.S;
+#pragma omp simd
+      for (int64_t s = 0; s < d.S; ++s) f(o + s, c);
+    }
+  }
+}
+
+// Per channel, the sums of u(i, c) and v(i, c) over every element, in double
+template <typename U, typename V>
+inline __attribute__((always_inline)) void sums(Dims d, double* su, double* sv, U u, V v) {
+  std::fill(su, su + d.C, 0.0);
+  std::fill(sv, sv + d.C, 0.0);
+  for (int64_t n = 0; n < d.N; ++n) {
+    if (d.S == 1) {
+#pragma omp simd
+      for (int64_t c = 0; c < d.C; ++c) { su[c] += u(n * d.C + c, c); sv[c] += v(n * d.C + c, c); }
+      continue;
+    }
+    for (int64_t c = 0; c < d.C; ++c) {
+      const int64_t o = (n * d.C + c) * d.S;
+      double a = 0, b = 0;
+#pragma omp simd reduction(+ : a, b)
+      for (int64_t s = 0; s < d.S; ++s) { a += u(o + s, c); b += v(o + s, c); }
+      su[c] += a;
+      sv[c] += b;
+    }
+  }
+}
+
+// The four passes over memory. Training, pass 1: the sums of x - K and (x - K)^2
 template <typename T> KERNEL
 void moments(const T* X, Dims d, const T* K, double* sum, double* sum_sq) {
-  for (int64_t c = 0; c < d.C; ++c) {
-    double s1 = 0, s2 = 0;
-    for (int64_t n = 0; n < d.N; ++n) {
-      const T* x = X + (n * d.C + c) * d.S;
-#pragma omp simd reduction(+ : s1, s2)
-      for (int64_t s = 0; s < d.S; ++s) {
-        const double v = x[s] - K[c];
-        s1 += v;
-        s2 += v * v;
-      }
-    }
-    sum[c] = s1;
-    sum_sq[c] = s2;
-  }
+  sums(d, sum, sum_sq, [=](int64_t i, int64_t c) { return double(X[i] - K[c]); },
+       [=](int64_t i, int64_t c) { double v = X[i] - K[c]; return v * v; });
 }
 
 // Pass 2: Y = a * (X - K - shift) + beta per channel, a = gamma / std
 template <typename T> KERNEL
-void normalize(const T* X, Dims d, const T* gamma, const T* beta, const T* K,
-               const T* shift, const T* inv_std, T* Y) {
-  for (int64_t n = 0; n < d.N; ++n)
-    for (int64_t c = 0; c < d.C; ++c) {
-      const T a = gamma[c] * inv_std[c], k = K[c], h = shift[c], b = beta[c];
-      const int64_t o = (n * d.C + c) * d.S;
-#pragma omp simd
-      for (int64_t s = 0; s < d.S; ++s) Y[o + s] = a * ((X[o + s] - k) - h) + b;
-    }
+void normalize(const T* X, Dims d, const T* a, const T* K, const T* shift, const T* beta,
+               T* Y) {
+  each(d, [=](int64_t i, int64_t c) { Y[i] = a[c] * ((X[i] - K[c]) - shift[c]) + beta[c]; });
 }
 
-// Backward, pass 1: per channel, the sums of dY and dY * (x - mean), in double
+// Backward, pass 1: the sums of dY and dY * (x - mean)
 template <typename T> KERNEL
 void grad_sums(const T* dY, const T* X, Dims d, const T* K, const T* shift, double* sum_dy,
                double* sum_dy_xc) {
-  for (int64_t c = 0; c < d.C; ++c) {
-    double s1 = 0, s2 = 0;
-    for (int64_t n = 0; n < d.N; ++n) {
-      const int64_t o = (n * d.C + c) * d.S;
-#pragma omp simd reduction(+ : s1, s2)
-      for (int64_t s = 0; s < d.S; ++s) {
-        s1 += dY[o + s];
-        s2 += dY[o + s] * (double(X[o + s] - K[c]) - shift[c]);
-      }
-    }
-    sum_dy[c] = s1;
-    sum_dy_xc[c] = s2;
-  }
+  sums(d, sum_dy, sum_dy_xc, [=](int64_t i, int64_t) { return double(dY[i]); },
+       [=](int64_t i, int64_t c) { return dY[i] * (double(X[i] - K[c]) - shift[c]); });
 }
 
 // Backward, pass 2: dX = p * dY + q * (X - mean) + r per channel (q = r = 0 in
@@ -95,14 +106,9 @@ void grad_sums(const T* dY, const T* X, Dims d, const T* K, const T* shift, doub
 template <typename T> KERNEL
 void grad_x(const T* dY, const T* X, Dims d, const T* K, const T* shift, const T* p,
             const T* q, const T* r, T* dX) {
-  for (int64_t n = 0; n < d.N; ++n)
-    for (int64_t c = 0; c < d.C; ++c) {
-      const int64_t o = (n * d.C + c) * d.S;
-      const T pc = p[c], qc = q[c], rc = r[c], k = K[c], h = shift[c];
-#pragma omp simd
-      for (int64_t s = 0; s < d.S; ++s)
-        dX[o + s] = pc * dY[o + s] + qc * ((X[o + s] - k) - h) + rc;
-    }
+  each(d, [=](int64_t i, int64_t c) {
+    dX[i] = p[c] * dY[i] + q[c] * ((X[i] - K[c]) - shift[c]) + r[c];
+  });
 }
 
 static bool training(MXTensor& mode) {
@@ -136,8 +142,9 @@ void forward_t(const std::unordered_map<std::string, std::string>& attrs,
       inv_std[c] = T(1 / std::sqrt(double(moving_var[c]) + eps));
     }
   }
-  normalize(X, d, in[1].data<T>(), in[2].data<T>(), K.data(), shift, inv_std,
-            out[0].data<T>());
+  std::vector<T> a(d.C);
+  for (int64_t c = 0; c < d.C; ++c) a[c] = in[1].data<T>()[c] * inv_std[c];
+  normalize(X, d, a.data(), K.data(), shift, in[2].data<T>(), out[0].data<T>());
 }
 
 // in: dY, dShift, dInvStd, then the forward's inputs and outputs; out: the inputs' gradients
