@@ -7,7 +7,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from d2lbn.lab import mode, plot, records
+from d2lbn.lab import mode, parallel, plot, records
 from d2lbn.train import History
 
 
@@ -174,3 +174,19 @@ def test_every_record_holds_the_runs_its_notebook_printed(number):
             continue
         assert any((ln["name"] or "", ln["seed"]) == (run["name"], run["seed"])
                    and shows(ln, run) for run in recorded), (notebook.stem, ln)
+
+
+def test_run_line_is_what_the_record_check_reads():
+    """A line of lab.run_line (what lab.sweep prints) parses back to its name, seed, figures."""
+    run = History(**{**history(3, 0.8765).__dict__, "loss": [0.9, 0.4321]})
+    line = parallel.run_line(2, 5, "BN per worker, 4 per worker", run)
+    assert line.startswith("[2/5] BN per worker, 4 per worker, seed 3: ") and line.endswith("(3 s)")
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("")
+    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=line + "\n")]
+    nb.cells = [cell]
+    [parsed] = printed_runs(nb)
+    assert (parsed["name"], parsed["seed"]) == ("BN per worker, 4 per worker", 3)
+    want = {"loss": 0.4321, "train_acc": 0.8765, "test_acc": 0.7765}
+    assert shows(parsed, want) and not shows(parsed, {**want, "loss": 0.4331})
+    assert parallel.run_line(1, 1, "", run).startswith("[1/1] seed 3: loss 0.432")

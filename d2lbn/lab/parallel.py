@@ -226,18 +226,21 @@ def sweep(settings: Settings, train_iter, test_iter, num_epochs: int,
 
     def report(i, h):
         count[0] += 1
-        name, seed = keys[i]
-        f = h.final()
-        label = f"{name}, seed {seed}" if name else f"seed {seed}"
-        print(f"[{count[0]}/{len(keys)}] {label}: loss {f['loss']:.3f}, train acc "
-              f"{f['train_acc']:.3f}, test acc {f['test_acc']:.3f} ({h.wall_s:.0f} s)",
-              flush=True)
+        print(run_line(count[0], len(keys), keys[i][0], h), flush=True)
 
     runs = run_all([lambda k=k: task(*k) for k in keys], max_workers, report)
     groups = {name: [] for name in settings}
     for (name, _), h in zip(keys, runs):
         groups[name].append(h)
     return groups
+
+
+def run_line(i: int, n: int, name: str, h: train.History) -> str:
+    """Run ``i`` of ``n`` as ``sweep`` prints it: ``[i/n] name, seed s: loss …, … (t s)``."""
+    f = h.final()
+    label = f"{name}, seed {h.seed}" if name else f"seed {h.seed}"
+    return (f"[{i}/{n}] {label}: loss {f['loss']:.3f}, train acc {f['train_acc']:.3f}, "
+            f"test acc {f['test_acc']:.3f} ({h.wall_s:.0f} s)")
 
 
 def repeat(make_net: Callable[[], object], train_iter, test_iter, num_epochs: int, lr: float,
