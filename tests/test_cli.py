@@ -26,6 +26,7 @@ BAD = [
     (["recheck", "12", "--isa", "AVX3"], "argument --isa: invalid choice: 'AVX3'"),
     (["recheck", "12", "--jobs", "0"], "argument --jobs/-j: must be"),
     (["recheck"], "the following arguments are required: notebooks"),
+    (["recheck", "99"], "no such notebook: 99"),
 ]
 
 

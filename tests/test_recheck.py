@@ -98,9 +98,11 @@ def test_the_default_path_differs_from_the_committed_one_and_stable_claims_pass(
     assert len(list((results / ".tmp").glob("recheck-*/notebooks/nb_stable.ipynb"))) == 1
 
 
-def test_the_committed_path_itself_is_refused(committed):
-    with pytest.raises(SystemExit, match="is the committed run's float path"):
+def test_the_committed_path_itself_is_refused(committed, capsys):
+    with pytest.raises(SystemExit) as exit_:
         recheck.main([str(committed[0][1]), "--isa", "AVX2"])
+    assert exit_.value.code == 2 and "is the committed run's float path" in \
+        capsys.readouterr().err.strip().splitlines()[-1]
 
 
 def test_changes_lists_every_other_verdict_and_fails_only_decided_ones(tmp_path):

@@ -37,7 +37,7 @@ class Change:
         return self.committed in DECIDED and self.rerun != self.committed
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
+def parser() -> argparse.ArgumentParser:
     """The options: notebooks, and optionally the float path and the scratch folder."""
     p = argparse.ArgumentParser(prog="python -m d2lbn recheck",
                                 description=__doc__.split("\n")[0])
@@ -52,7 +52,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="processes at once (default: the cores)")
     p.add_argument("--out", type=Path, default=None,
                    help="scratch folder for the re-run (default: a new one in results/.tmp)")
-    return p.parse_args(argv)
+    return p
 
 
 def _positive(text: str) -> int:
@@ -92,8 +92,8 @@ def choose(args: argparse.Namespace, committed: dict | None) -> tuple[dict, dict
     path = floatpath.float_path(env)
     if committed and same_path(path, committed):
         if args.isa or args.no_onednn:
-            raise SystemExit(f"python -m d2lbn recheck: {floatpath.describe(path)} is the "
-                             "committed run's float path; choose another")
+            raise ValueError(f"{floatpath.describe(path)} is the committed run's float "
+                             "path; choose another")
         env = {"MXNET_MKLDNN_ENABLED": "0"}  # oneDNN off differs from any oneDNN path
         path = floatpath.float_path(env)
     return env, path
@@ -125,14 +125,15 @@ def _verdicts(path: Path) -> dict[str, str]:
 
 def main(argv: list[str]) -> int:
     """Re-run the notebooks on another float path; list changed claims; 1 if any failed."""
-    args = parse_args(argv)
-    try:
-        paths = runner.resolve(args.notebooks)
-    except ValueError as err:
-        raise SystemExit(f"python -m d2lbn recheck: {err}") from None
+    p = parser()
+    args = p.parse_args(argv)
     committed_dir = results_dir()
     committed = floatpath.read(committed_dir)
-    env, path = choose(args, committed)
+    try:
+        paths = runner.resolve(args.notebooks)
+        env, path = choose(args, committed)
+    except ValueError as err:
+        p.error(str(err))
     print(f"[d2lbn] recheck on {floatpath.describe(path)}")
     print("[d2lbn] committed run: "
           + (floatpath.describe(committed) if committed
