@@ -47,23 +47,35 @@ def ours(X, gamma, beta, mean, var, head, training=True, fn=d2lbn.batch_norm):
     return Y, X.grad, gamma.grad, beta.grad, new_mean, new_var
 
 
-def numpy_batch_norm(X, gamma, beta, mean, var, head):
-    """Float64 forward and the textbook backward of BN in training mode."""
+def numpy_batch_norm(X, gamma, beta, mean, var, head, training=True, eps=EPS,
+                     momentum=MOMENTUM):
+    """The tests' one BN reference, float64: ``Y, dX, dgamma, dbeta, moving_mean, moving_var``.
+
+    Training mode normalises with the batch's statistics (biased variance), backpropagates
+    through them and moves the statistics; prediction mode uses and keeps ``mean, var``.
+    """
+    X, gamma, beta, mean, var, head = (onp.asarray(a, dtype="float64")
+                                       for a in (X, gamma, beta, mean, var, head))
     axes = channel_axes(X.ndim)
-    m = X.size // X.shape[1]
-    mu = X.mean(axis=axes, keepdims=True)
-    sigma2 = X.var(axis=axes, keepdims=True)
-    inv = 1.0 / onp.sqrt(sigma2 + EPS)
+    if training:
+        mu = X.mean(axis=axes, keepdims=True)
+        sigma2 = X.var(axis=axes, keepdims=True)
+    else:
+        mu, sigma2 = mean, var
+    inv = 1.0 / onp.sqrt(sigma2 + eps)
     X_hat = (X - mu) * inv
-    Y = gamma * X_hat + beta
     dX_hat = head * gamma
-    dX = inv / m * (m * dX_hat - dX_hat.sum(axis=axes, keepdims=True)
-                    - X_hat * (dX_hat * X_hat).sum(axis=axes, keepdims=True))
+    if training:
+        m = X.size // X.shape[1]
+        dX = inv / m * (m * dX_hat - dX_hat.sum(axis=axes, keepdims=True)
+                        - X_hat * (dX_hat * X_hat).sum(axis=axes, keepdims=True))
+        mean = momentum * mean + (1 - momentum) * mu
+        var = momentum * var + (1 - momentum) * sigma2
+    else:
+        dX = dX_hat * inv  # the statistics are constants
     dgamma = (head * X_hat).sum(axis=axes, keepdims=True)
     dbeta = head.sum(axis=axes, keepdims=True)
-    new_mean = MOMENTUM * mean + (1 - MOMENTUM) * mu
-    new_var = MOMENTUM * var + (1 - MOMENTUM) * sigma2
-    return Y, dX, dgamma, dbeta, new_mean, new_var
+    return gamma * X_hat + beta, dX, dgamma, dbeta, mean, var
 
 
 # Error bound per dtype, relative to the largest magnitude of each result: a few
@@ -81,8 +93,8 @@ def assert_close_in(dtype, got, want, names=NAMES):
 
 
 def numpy_prediction(X, gamma, beta, mean, var):
-    """Float64 BN in prediction mode: the moving statistics standardise ``X``."""
-    return gamma * (X - mean) / onp.sqrt(var + EPS) + beta
+    """``numpy_batch_norm``'s output in prediction mode."""
+    return numpy_batch_norm(X, gamma, beta, mean, var, onp.zeros_like(X), training=False)[0]
 
 
 def float64(arrays):

@@ -3,7 +3,7 @@
 import mxnet as mx
 import numpy as onp
 import pytest
-from helpers import assert_close_in, check_refused, parameter_bytes
+from helpers import assert_close_in, check_refused, numpy_batch_norm, parameter_bytes
 from mxnet import autograd, gluon, np
 from mxnet.gluon import nn
 
@@ -30,18 +30,6 @@ def sorted_batch(shape, seed=0):
     X = onp.random.default_rng(seed).normal(2, 3, size=shape)
     X += 4 * onp.linspace(-1, 1, shape[0]).reshape((-1,) + (1,) * (len(shape) - 1))
     return X.astype("float32")
-
-
-def numpy_bn(X, gamma, beta, head, eps=1e-5):
-    """Float64 BN on the whole batch: ``Y``, ``dX``, ``dgamma``, ``dbeta``, mean and variance."""
-    X, head = X.astype("float64"), head.astype("float64")
-    axes = (0,) + tuple(range(2, X.ndim))
-    mean, var = X.mean(axis=axes, keepdims=True), X.var(axis=axes, keepdims=True)
-    X_hat = (X - mean) / onp.sqrt(var + eps)
-    dX = gamma / onp.sqrt(var + eps) * (head - head.mean(axis=axes, keepdims=True)
-                                        - X_hat * (head * X_hat).mean(axis=axes, keepdims=True))
-    return (gamma * X_hat + beta, dX, (head * X_hat).sum(axis=axes), head.sum(axis=axes),
-            mean.ravel(), var.ravel())
 
 
 def make_pair(shape, sync=True):
@@ -90,7 +78,7 @@ def summed_grad(param):
 @pytest.mark.parametrize("shape", [(8, 5), (8, 3, 4, 4)], ids=str)
 def test_sync_equals_single_device_bn_on_whole_batch(shape, sizes):
     ours, ref, gamma, beta = make_pair(shape)
-    moving_mean, moving_var = onp.zeros(shape[1]), onp.ones(shape[1])
+    moving_mean, moving_var = onp.zeros(gamma.shape), onp.ones(gamma.shape)
     for i in range(2):
         X, head = sorted_batch(shape, i), sorted_batch(shape, 10 + i)
         (Y, dX), (Y_ref, dX_ref) = shard_step(ours, X, head, sizes), whole_step(ref, X, head)
@@ -99,13 +87,13 @@ def test_sync_equals_single_device_bn_on_whole_batch(shape, sizes):
         onp.testing.assert_allclose(summed_grad(ours.gamma), ref.gamma.grad().asnumpy(), **TOL)
         onp.testing.assert_allclose(summed_grad(ours.beta), ref.beta.grad().asnumpy(), **TOL)
         # And the float64 reference, which owes nothing to MXNet
-        Y64, dX64, dgamma64, dbeta64, mean, var = numpy_bn(X, gamma, beta, head)
-        for got, want in [(Y, Y64), (dX, dX64), (summed_grad(ours.gamma), dgamma64),
-                          (summed_grad(ours.beta), dbeta64)]:
+        Y64, dX64, dgamma64, dbeta64, moving_mean, moving_var = numpy_batch_norm(
+            X, gamma, beta, moving_mean, moving_var, head)
+        for got, want in [(Y, Y64), (dX, dX64), (summed_grad(ours.gamma), dgamma64.ravel()),
+                          (summed_grad(ours.beta), dbeta64.ravel())]:
             onp.testing.assert_allclose(got, want, **TOL)
-        moving_mean, moving_var = 0.9 * moving_mean + 0.1 * mean, 0.9 * moving_var + 0.1 * var
     for ctx in CTXS:
-        for name, want in [("mean", moving_mean), ("var", moving_var)]:
+        for name, want in [("mean", moving_mean.ravel()), ("var", moving_var.ravel())]:
             onp.testing.assert_allclose(getattr(ours, "moving_" + name).data(ctx).asnumpy().ravel(),
                                         getattr(ref, "running_" + name).data().asnumpy(), **TOL)
             onp.testing.assert_allclose(getattr(ours, "moving_" + name).data(ctx).asnumpy().ravel(),
@@ -131,7 +119,8 @@ def test_per_device_bn_differs_and_normalises_each_shard_alone(shape):
     (Y, _), (Y_ref, _) = shard_step(ours, X, head, [4, 4]), whole_step(ref, X, head)
     assert onp.abs(Y - Y_ref).max() > 0.5  # the sorted shards have unlike statistics
     for half in (slice(0, 4), slice(4, 8)):
-        onp.testing.assert_allclose(Y[half], numpy_bn(X[half], gamma, beta, head[half])[0], **TOL)
+        want = numpy_batch_norm(X[half], gamma, beta, 0 * gamma, 1 + 0 * gamma, head[half])[0]
+        onp.testing.assert_allclose(Y[half], want, **TOL)
     means = [ours.moving_mean.data(ctx).asnumpy() for ctx in CTXS]
     assert onp.abs(means[0] - means[1]).min() > 0.1
     onp.testing.assert_allclose((means[0] + means[1]).ravel() / 2,
@@ -155,17 +144,28 @@ def test_all_reduce_sums_on_every_device_and_backpropagates_across():
 
 
 @pytest.mark.parametrize("training", [True, False])
-def test_functions_on_one_shard_equal_batch_norm(training):
-    X = np.array(sorted_batch((6, 3, 2, 2)))
-    gamma, beta = np.full((1, 3, 1, 1), 1.5), np.full((1, 3, 1, 1), 0.5)
-    mean, var = np.full((1, 3, 1, 1), 0.2), np.full((1, 3, 1, 1), 2.0)
-    with autograd.record(train_mode=training):
-        want = d2lbn.batch_norm(X, gamma, beta, mean, var, eps=1e-5, momentum=0.9)
-        for fn in (sync_batch_norm, per_device_batch_norm):
-            got = fn([X], [gamma], [beta], [mean], [var], eps=1e-5, momentum=0.9)
-            for g, w in zip(got, want):
-                assert len(g) == 1
-                onp.testing.assert_allclose(g[0].asnumpy(), w.asnumpy(), **TOL)
+def test_functions_on_one_shard_are_batch_norm(training):
+    """One shard: both functions compute BN of it, by the float64 reference, in either mode."""
+    X = sorted_batch((6, 3, 2, 2))
+    gamma, beta = onp.full((1, 3, 1, 1), 1.5), onp.full((1, 3, 1, 1), 0.5)
+    mean, var = onp.full((1, 3, 1, 1), 0.2), onp.full((1, 3, 1, 1), 2.0)
+    head = sorted_batch((6, 3, 2, 2), 1)
+    Y, dX, dgamma, dbeta, new_mean, new_var = numpy_batch_norm(X, gamma, beta, mean, var, head,
+                                                               training)
+    for fn in (sync_batch_norm, per_device_batch_norm):
+        arrays = [np.array(a, dtype="float32") for a in (X, gamma, beta)]
+        for a in arrays:
+            a.attach_grad()
+        with autograd.record(train_mode=training):
+            got = fn(*[[a] for a in arrays], [np.array(mean, dtype="float32")],
+                     [np.array(var, dtype="float32")], eps=1e-5, momentum=0.9)
+        got[0][0].backward(np.array(head))
+        assert [len(g) for g in got] == [1, 1, 1]
+        for name, g, w in zip(["Y", "moving_mean", "moving_var"], got,
+                              [Y, new_mean, new_var]):
+            onp.testing.assert_allclose(g[0].asnumpy(), w, **TOL, err_msg=(fn.__name__, name))
+        for name, a, w in zip(["dX", "dgamma", "dbeta"], arrays, [dX, dgamma, dbeta]):
+            onp.testing.assert_allclose(a.grad.asnumpy(), w, **TOL, err_msg=(fn.__name__, name))
 
 
 def test_trainer_on_a_net_of_shards_matches_one_device():
@@ -244,8 +244,8 @@ def test_each_dtype_is_honoured_or_refused(fn, dtype):
     shape = (8, 3, 2, 2)
     X = sorted_batch(shape).astype(dtype)
     gamma, beta = onp.linspace(0.5, 2, 3).reshape(1, 3, 1, 1), onp.zeros((1, 3, 1, 1))
-    per_shard = [[np.array(a, dtype=dtype, ctx=ctx) for ctx in CTXS]
-                 for a in (gamma, beta, onp.zeros_like(gamma), onp.ones_like(gamma))]
+    per_shard_numpy = (gamma, beta, onp.zeros_like(gamma), onp.ones_like(gamma))
+    per_shard = [[np.array(a, dtype=dtype, ctx=ctx) for ctx in CTXS] for a in per_shard_numpy]
     Xs = split_and_load(np.array(X), CTXS)
     if fn is sync_batch_norm and dtype == "float16":
         # Its sums would overflow float16 on a real batch: refused
@@ -257,11 +257,10 @@ def test_each_dtype_is_honoured_or_refused(fn, dtype):
         Ys, means, variances = fn(Xs, *per_shard, eps=1e-5, momentum=0.9)
     # Synchronized: the whole batch's statistics; per device: each half's
     halves = [X] * 2 if fn is sync_batch_norm else [X[:4], X[4:]]
-    want = [numpy_bn(half, gamma, beta, onp.zeros(half.shape)) for half in halves]
+    want = [numpy_batch_norm(half, *per_shard_numpy, onp.zeros(half.shape)) for half in halves]
     Y = onp.concatenate([w[0] for w in want]) if fn is per_device_batch_norm else want[0][0]
     assert_close_in(dtype, [gather(Ys, CTXS[0])] + means + variances,
-                    [Y] + [0.1 * w[4].reshape(1, 3, 1, 1) for w in want]
-                    + [0.9 + 0.1 * w[5].reshape(1, 3, 1, 1) for w in want])
+                    [Y] + [w[4] for w in want] + [w[5] for w in want])
 
 
 def test_shards_are_checked_up_front():
@@ -357,6 +356,6 @@ def test_sync_layer_refuses_float16_per_device_takes_it():
         with autograd.record():
             Ys = bn(Xs)
         for X, Y in zip(Xs, Ys):
-            want = numpy_bn(X.asnumpy(), onp.ones((1, 3, 1, 1)), onp.zeros((1, 3, 1, 1)),
-                            onp.zeros(X.shape))[0]
+            one, zero = onp.ones((1, 3, 1, 1)), onp.zeros((1, 3, 1, 1))
+            want = numpy_batch_norm(X.asnumpy(), one, zero, zero, one, onp.zeros(X.shape))[0]
             assert_close_in("float16", [Y], [want])
