@@ -5,6 +5,7 @@ with the book's function in test_functional.py and test_layers.py.
 """
 
 import json
+import math
 
 import mxnet as mx
 import numpy as onp
@@ -116,21 +117,25 @@ def test_bench_quick_json(tmp_path, capsys):
     assert code == 0
     result = json.loads(path.read_text())
     assert {"machine", "copy_gbps", "lenet", "ops"} <= set(result)
-    assert result["copy_gbps"] > 0
+    assert result["copy_gbps"] == max(result["machine"]["copy_gbps_by"].values())
     assert [r["variant"] for r in result["lenet"]] == [
         "scratch", "scratch_hybrid", "scratch_fast", "gluon", "gluon_hybrid", "none"]
-    assert all(r["examples_per_sec"] > 0 for r in result["lenet"])
-    # --batches 2 caps the 4 default rounds at 2, one batch each
-    assert all(len(r["rounds_examples_per_sec"]) == 2 for r in result["lenet"])
+    for r in result["lenet"]:
+        # --batches 2 caps the 4 default rounds at 2, one batch each: the overall rate is
+        # the examples over the rounds' summed times
+        assert r["batches"] == len(r["rounds_examples_per_sec"]) == 2
+        secs = sum(8 / rate for rate in r["rounds_examples_per_sec"])
+        assert r["examples_per_sec"] == pytest.approx(16 / secs, rel=1e-12)
     ops = {(tuple(r["shape"]), r["variant"]) for r in result["ops"]}
     assert ops == {(s, v) for s in [(4, 3, 5, 5), (6, 7)]
                    for v in ["scratch", "scratch_hybrid", "scratch_fast", "gluon",
                              "gluon_hybrid"]}
-    assert all(r["fwd_bwd_ms"] > 0 and r["floor_ms"] > 0 for r in result["ops"])
-    # the 1x1 convolution reference: 4-D shapes only
     for r in result["ops"]:
+        # the floor: the shape's float32 bytes at the copy bandwidth
+        floor_ms = math.prod(r["shape"]) * bench.BYTES_PER_ELEMENT / result["copy_gbps"] / 1e6
+        assert r["floor_ms"] == pytest.approx(floor_ms, rel=1e-12)
+        # the 1x1 convolution reference: 4-D shapes only
         assert (r["conv1x1_ms"] is not None) == (len(r["shape"]) == 4)
-        assert r["conv1x1_ms"] is None or r["conv1x1_ms"] > 0
     out = capsys.readouterr().out
     assert "examples/s" in out and "1x1 conv" in out
 
