@@ -119,7 +119,8 @@ def test_bench_quick_json(tmp_path, capsys):
     assert {"machine", "copy_gbps", "lenet", "ops"} <= set(result)
     assert result["copy_gbps"] == max(result["machine"]["copy_gbps_by"].values())
     assert [r["variant"] for r in result["lenet"]] == [
-        "scratch", "scratch_hybrid", "scratch_fast", "gluon", "gluon_hybrid", "none"]
+        "scratch", "scratch_hybrid", "scratch_fast", "scratch_cpp", "gluon", "gluon_hybrid",
+        "none"]
     for r in result["lenet"]:
         # --batches 2 caps the 4 default rounds at 2, one batch each: the overall rate is
         # the examples over the rounds' summed times
@@ -128,8 +129,8 @@ def test_bench_quick_json(tmp_path, capsys):
         assert r["examples_per_sec"] == pytest.approx(16 / secs, rel=1e-12)
     ops = {(tuple(r["shape"]), r["variant"]) for r in result["ops"]}
     assert ops == {(s, v) for s in [(4, 3, 5, 5), (6, 7)]
-                   for v in ["scratch", "scratch_hybrid", "scratch_fast", "gluon",
-                             "gluon_hybrid"]}
+                   for v in ["scratch", "scratch_hybrid", "scratch_fast", "scratch_cpp",
+                             "gluon", "gluon_hybrid"]}
     for r in result["ops"]:
         # the floor: the shape's float32 bytes at the copy bandwidth
         floor_ms = math.prod(r["shape"]) * bench.BYTES_PER_ELEMENT / result["copy_gbps"] / 1e6
@@ -138,6 +139,11 @@ def test_bench_quick_json(tmp_path, capsys):
         assert (r["conv1x1_ms"] is not None) == (len(r["shape"]) == 4)
     out = capsys.readouterr().out
     assert "examples/s" in out and "1x1 conv" in out
+    # after a convolution: the built-in and the C++ BN, 4-D shapes only
+    for r in result["ops"]:
+        timed = len(r["shape"]) == 4 and r["variant"] in ("gluon_hybrid", "scratch_cpp")
+        assert (r["conv_bn_ms"] is not None) == timed
+    assert "after a 1x1 convolution" in out
 
 
 def test_round_ratios_pair_rounds():

@@ -25,7 +25,7 @@ from mxnet import autograd, gluon, init, np, npx
 from mxnet.gluon import nn
 
 from .. import models
-from ..fast import FastBatchNorm, affine
+from ..fast import CompiledBatchNorm, FastBatchNorm, affine
 from ..functional import batch_norm
 from ..layers import HybridBatchNorm
 from ..train import accuracy, sgd_step, train_epoch
@@ -36,11 +36,13 @@ LENET = {
     "scratch": ("scratch", False),     # the book's layer, imperative
     "scratch_hybrid": ("hybrid", True),  # the book's math, each layer compiled
     "scratch_fast": ("fast", True),    # FastBatchNorm, each layer compiled
+    "scratch_cpp": ("cpp", True),      # CompiledBatchNorm (C++), the whole net one graph
     "gluon": ("gluon", False),         # nn.BatchNorm, imperative
     "gluon_hybrid": ("gluon", True),   # nn.BatchNorm, the whole net one graph
     "none": (None, True),              # no BN at all, one graph
 }
-OP_VARIANTS = ["scratch", "scratch_hybrid", "scratch_fast", "gluon", "gluon_hybrid"]
+OP_VARIANTS = ["scratch", "scratch_hybrid", "scratch_fast", "scratch_cpp", "gluon",
+               "gluon_hybrid"]
 LOOPS = {"read_every_batch": "hybridize(), each batch's loss and accuracy read as it ends "
                              "(the loop before)",
          "train_loop": "train.train's loop: hybridize(static_alloc=True, static_shape=True), "
@@ -49,18 +51,23 @@ DESCRIPTIONS = {
     "lenet": "LeNet with BN before each sigmoid, SGD, synthetic Fashion-MNIST-shaped batches; "
              "scratch: d2lbn.BatchNorm; scratch_hybrid: d2lbn.HybridBatchNorm (the same math, "
              "compiled), each layer hybridized; scratch_fast: d2lbn.fast.FastBatchNorm, each "
-             "layer hybridized; gluon: nn.BatchNorm, imperative; gluon_hybrid: nn.BatchNorm, "
+             "layer hybridized; scratch_cpp: d2lbn.fast.CompiledBatchNorm (C++), the whole net "
+             "one graph; gluon: nn.BatchNorm, imperative; gluon_hybrid: nn.BatchNorm, "
              "the whole net one graph; none: no BN, one graph; rounds_examples_per_sec: the "
              "window's rounds, which alternate the variants",
     "loop": "LeNet with nn.BatchNorm, hybridized, on the same batches: "
             + "; ".join(f"{name}: {text}" for name, text in LOOPS.items()),
     "ops": "one recorded forward and backward; scratch: d2lbn.batch_norm; scratch_hybrid: "
-           "HybridBatchNorm hybridized; scratch_fast: FastBatchNorm hybridized; gluon: "
+           "HybridBatchNorm hybridized; scratch_fast: FastBatchNorm hybridized; scratch_cpp: "
+           "CompiledBatchNorm hybridized; gluon: "
            "npx.batch_norm (fused), imperative; gluon_hybrid: nn.BatchNorm hybridized; "
            "floor_ms: float32 bytes read and written (X, Y forward; X, dY, dX backward) at the "
            "copy bandwidth; conv1x1_ms (4-D shapes): one 1x1 convolution forward and backward, "
            "the fastest general kernel that scales each channel, which any BN built from "
-           "general operations needs at least once",
+           "general operations needs at least once; conv_ms, conv_bn_ms (4-D shapes; "
+           "scratch_cpp and gluon_hybrid): a 1x1 convolution C -> C (oneDNN, whose output "
+           "may be in a blocked layout) alone, and followed by the BN in one hybridized "
+           "graph: the difference is the BN's cost there, layout reorders included",
 }
 SHAPES = [(256, 6, 24, 24), (256, 16, 8, 8), (256, 120), (64, 64, 56, 56)]
 # Float32 values a BN must move at least: forward reads X and writes Y,
@@ -263,6 +270,8 @@ def _op_step(variant: str, shape, ctx: mx.Context):
     X.attach_grad()
     if variant == "conv1x1":
         forward = _conv1x1_forward(X)
+    elif variant in AFTER_CONV:
+        forward = _conv_then(AFTER_CONV[variant], X)
     elif variant in ("scratch", "gluon"):
         gamma, beta = np.ones(pshape, ctx=ctx), np.zeros(pshape, ctx=ctx)
         mean, var = np.zeros(pshape, ctx=ctx), np.ones(pshape, ctx=ctx)
@@ -280,6 +289,7 @@ def _op_step(variant: str, shape, ctx: mx.Context):
     else:
         block = {"scratch_hybrid": lambda: HybridBatchNorm(C, num_dims=len(shape)),
                  "scratch_fast": lambda: FastBatchNorm(C, num_dims=len(shape)),
+                 "scratch_cpp": lambda: CompiledBatchNorm(C, num_dims=len(shape)),
                  "gluon_hybrid": lambda: nn.BatchNorm(in_channels=C)}[variant]()
         block.initialize(ctx=ctx)
         block.hybridize()
@@ -292,6 +302,26 @@ def _op_step(variant: str, shape, ctx: mx.Context):
         X.grad.wait_to_read()
 
     return step
+
+
+# A 1x1 convolution C -> C alone, and followed by a BN (a factory of C)
+AFTER_CONV = {"conv": None,
+              "conv+scratch_cpp": lambda C: CompiledBatchNorm(C, num_dims=4),
+              "conv+gluon_hybrid": lambda C: nn.BatchNorm(in_channels=C)}
+
+
+def _conv_then(norm, X):
+    """A 1x1 convolution of ``X`` (oneDNN's), then ``norm(C)`` if given, as one graph."""
+    # oneDNN may leave the convolution's output in a blocked layout (channels in
+    # groups of 8 or 16); an operator outside oneDNN gets it reordered first
+    C = X.shape[1]
+    net = nn.HybridSequential()
+    net.add(nn.Conv2D(C, kernel_size=1, in_channels=C, use_bias=False))
+    if norm:
+        net.add(norm(C))
+    net.initialize(ctx=X.ctx)
+    net.hybridize()
+    return lambda: net(X)
 
 
 def _conv1x1_forward(X):
@@ -313,7 +343,7 @@ def bench_ops(args, ctx: mx.Context, copy_gbps: float, log=print) -> list[dict]:
     for shape in args.shapes:
         size = int(onp.prod(shape))
         floor_ms = size * BYTES_PER_ELEMENT / (copy_gbps * 1e9) * 1e3
-        variants = OP_VARIANTS + (["conv1x1"] if len(shape) == 4 else [])
+        variants = OP_VARIANTS + (["conv1x1", *AFTER_CONV] if len(shape) == 4 else [])
         steps = {v: _op_step(v, shape, ctx) for v in variants}
         # The book's layer takes seconds on the large shape: fewer repetitions,
         # within a time budget per implementation (smaller in quick mode)
@@ -337,6 +367,7 @@ def bench_ops(args, ctx: mx.Context, copy_gbps: float, log=print) -> list[dict]:
         for variant in OP_VARIANTS:
             out.append({"shape": list(shape), "variant": variant, "fwd_bwd_ms": ms[variant],
                         "floor_ms": floor_ms, "conv1x1_ms": ms.get("conv1x1"),
+                        "conv_ms": ms.get("conv"), "conv_bn_ms": ms.get(f"conv+{variant}"),
                         "reps": len(times[variant])})
             log(f"  {'x'.join(map(str, shape)):>12s} {variant:>13s}: {ms[variant]:9.3f} ms "
                 f"(floor {floor_ms:.3g} ms)")
@@ -355,6 +386,24 @@ def round_ratios(row: dict, ref: dict) -> tuple[float, float]:
     ratios = [a / b for a, b in zip(row["rounds_examples_per_sec"],
                                      ref["rounds_examples_per_sec"])]
     return min(ratios), max(ratios)
+
+
+def _after_conv_table(shapes, ms) -> list[str]:
+    """BN's share of a 1x1 convolution followed by BN, built-in against C++."""
+    pairs = [(s, ms.get((tuple(s), "gluon_hybrid")), ms.get((tuple(s), "scratch_cpp")))
+             for s in shapes]
+    pairs = [(s, g, c) for s, g, c in pairs if g and c and g.get("conv_bn_ms")]
+    if not pairs:
+        return []
+    lines = ["", "after a 1x1 convolution, one graph: BN's share = conv+BN - conv (ms), "
+             "layout reorders included",
+             f"{'shape':18s}{'conv':>10s}{'gluon_hybrid':>16s}{'scratch_cpp':>16s}{'ratio':>8s}"]
+    for s, g, c in pairs:
+        gluon, cpp = (r["conv_bn_ms"] - r["conv_ms"] for r in (g, c))
+        ratio = f"{cpp / gluon:8.2f}" if gluon > 0 else f"{'-':>8s}"
+        lines.append(f"{'x'.join(map(str, s)):18s}{g['conv_ms']:10.3f}{gluon:16.3f}{cpp:16.3f}"
+                     + ratio)
+    return lines
 
 
 def table(result: dict) -> str:
@@ -392,6 +441,7 @@ def table(result: dict) -> str:
                          + "".join(f"{r['fwd_bwd_ms']:16.3f}" if r else f"{'-':>16s}"
                                    for r in row) + f"{first['floor_ms']:10.3g}"
                          + (f"{conv:10.3f}" if conv else f"{'-':>10s}"))
+        lines += _after_conv_table(shapes, ms)
     if "loop" in result:
         loop = result["loop"]
         lines += ["", f"training loop, LeNet with nn.BatchNorm: train.train's "
