@@ -11,17 +11,18 @@ READY  := $(VENV)/.ready
 # sub-makes included: count the cores without it
 JOBS   ?= $(shell env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc 2>/dev/null || echo 2)
 export OMP_NUM_THREADS = 1
-# nbval on the committed notebooks in quick mode, JOBS notebooks at once, each on one xdist worker
-# in reading order; conftest.py makes a notebook that loads another's records wait for it, and
-# nbval-sanitize.cfg drops the quick-mode notice, so that cells printing it are compared too
+# nbval on the committed notebooks in quick mode, JOBS notebooks at once, a whole notebook on
+# one xdist worker (its cells share a kernel); nbval-sanitize.cfg drops the quick-mode notice,
+# so that cells printing it are compared too. No notebook waits for another.
 NBVAL_ARGS := --nbval --nbval-current-env --nbval-sanitize-with nbval-sanitize.cfg -q \
-	-n $(JOBS) --dist loadfile --no-loadscope-reorder
+	-n $(JOBS) --dist loadfile
 # Unit tests on JOBS xdist workers; a group (the dist_sync runs) stays on one worker, in order
 UNIT_ARGS := -q -n $(JOBS) --dist loadgroup
 NBVAL_CMD := D2LBN_QUICK=1 D2LBN_JOBS=1 $(PY) -m pytest notebooks $(NBVAL_ARGS)
 
-# More Pythons, which `make test` tests too: each one installed gets a cached CPU venv, .venv-3.X,
-# and runs the unit tests and notebooks 01-03 in quick mode; one not installed is skipped.
+# More Pythons, which CI (.ci/run) tests after `make test`: each one installed gets a cached CPU
+# venv, .venv-3.X, and runs the unit tests and notebooks 01-03 in quick mode; one not installed
+# is skipped.
 PYTHONS ?= 3.12 3.13
 QUICK_NBS = $(wildcard notebooks/0[123]_*.ipynb)
 SKIP_MESSAGE = test-python-$*: skipped, no python$* runs here (on PATH or among pyenv's versions)
@@ -39,7 +40,7 @@ VARIANT = $(shell $(PYTHON) d2lbn/lab/setup_env.py variant)
 # Opt-in GPU install check (not in CI: about 2 GB), in a scratch venv
 GPU_CHECK ?= /tmp/d2lbn-gpu-check
 
-.PHONY: help run test unit nbval lint data bench venv clean-venv test-pythons check-gpu-install
+.PHONY: help run test ci unit nbval lint data bench venv clean-venv test-pythons check-gpu-install
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -47,10 +48,11 @@ help:  ## list the targets
 run: $(READY) data  ## execute every notebook (full mode, JOBS at once), write results/
 	$(PY) -m d2lbn run --jobs $(JOBS)
 
-test: $(READY) data lint  ## unit tests, every notebook under nbval (quick), then PYTHONS
+test: $(READY) data lint  ## lint, unit tests, every notebook under nbval (quick): this Python
 	$(PY) -m pytest tests $(UNIT_ARGS)
 	$(NBVAL_CMD)
-	$(MAKE) --no-print-directory test-pythons
+
+ci: test test-pythons test-isa-ci  ## what CI runs: test, then PYTHONS, then a second float path
 
 unit: $(READY)  ## unit tests only
 	$(PY) -m pytest tests $(UNIT_ARGS)
