@@ -277,6 +277,13 @@ Y = mx.sym.d2lbn_batch_norm(X, mx.sym.var("g"), mx.sym.var("b"), mx.sym.var("m")
                             mx.sym.var("mm"), mx.sym.var("mv"), eps=1e-5, momentum=0.9)
 per_channel = dict(g=(1, 3, 1, 1), b=(1, 3, 1, 1), m=(1,), mm=(1, 3, 1, 1), mv=(1, 3, 1, 1))
 print("partial:", Y.infer_shape_partial(X=(-1, 3, 4, 4), **per_channel)[1][0])
+# the operator called directly in a dtype it has no kernel for
+p = mx.nd.ones((1, 3, 1, 1), dtype="float16")
+try:
+    mx.nd.d2lbn_batch_norm(mx.nd.ones((2, 3, 2, 2), dtype="float16"), p, p, p[0, 0, 0], p, p,
+                           eps=1e-5, momentum=0.9)[0].wait_to_read()
+except mx.base.MXNetError as e:
+    print("float16:", "float32 or float64" in str(e))
 """
 
 
@@ -287,6 +294,7 @@ def test_misfits_in_a_graph_raise_instead_of_aborting():
     assert done.returncode == 0, done.stderr[-2000:]
     assert "refused:" in done.stdout and "inconsistent" in done.stdout, done.stdout
     assert "partial: (-1, 3, 4, 4)" in done.stdout, done.stdout
+    assert "float16: True" in done.stdout, done.stdout
 
 
 # -- the build ----------------------------------------------------------------------------------

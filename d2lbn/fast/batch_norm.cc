@@ -174,17 +174,21 @@ void backward_t(std::vector<MXTensor>& in, std::vector<MXTensor>& out) {
 MXReturnValue forward(const std::unordered_map<std::string, std::string>& attrs,
                       std::vector<MXTensor>* in, std::vector<MXTensor>* out,
                       const OpResource&) {
-  if ((*in)[0].dtype == kFloat32) forward_t<float>(attrs, *in, *out);
-  else forward_t<double>(attrs, *in, *out);
-  return MX_SUCCESS;
+  switch ((*in)[0].dtype) {
+    case kFloat32: forward_t<float>(attrs, *in, *out); return MX_SUCCESS;
+    case kFloat64: forward_t<double>(attrs, *in, *out); return MX_SUCCESS;
+    default: MX_ERROR_MSG << "d2lbn_batch_norm computes in float32 or float64"; return MX_FAIL;
+  }
 }
 
 MXReturnValue backward(const std::unordered_map<std::string, std::string>&,
                        std::vector<MXTensor>* in, std::vector<MXTensor>* out,
                        const OpResource&) {
-  if ((*in)[0].dtype == kFloat32) backward_t<float>(*in, *out);
-  else backward_t<double>(*in, *out);
-  return MX_SUCCESS;
+  switch ((*in)[0].dtype) {
+    case kFloat32: backward_t<float>(*in, *out); return MX_SUCCESS;
+    case kFloat64: backward_t<double>(*in, *out); return MX_SUCCESS;
+    default: MX_ERROR_MSG << "d2lbn_batch_norm computes in float32 or float64"; return MX_FAIL;
+  }
 }
 
 MXReturnValue parse_attrs(const std::unordered_map<std::string, std::string>&, int* num_in,
