@@ -195,13 +195,12 @@ def verdict(low: float | None, high: float | None, expect: str = ">",
     return undecided
 
 
-def start(notebook: str) -> Path:
-    """Name the notebook whose claims follow, and empty its claims file; return the file."""
+def start(notebook: str) -> None:
+    """Name the notebook whose claims follow, and empty its claims file."""
     global _current
     _current = notebook
-    path = claims_path(notebook)
-    write_atomic(path, "[]\n")
-    return path
+    # Returns nothing, so that a setup cell ending with it shows no scratch path
+    write_atomic(claims_path(notebook), "[]\n")
 
 
 def claims_path(notebook: str) -> Path:
