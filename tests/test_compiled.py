@@ -313,6 +313,14 @@ def test_without_a_compiler_falls_back_with_a_message(monkeypatch, tmp_path):
     assert type(net) is models.LayerwiseSequential  # FastBatchNorm's container
 
 
+def test_unwritable_cache_is_a_compiler_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(compiled, "_loaded", None)
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file"))  # a file, not a folder
+    with pytest.raises(compiled.CompilerError, match="cannot build"):
+        compiled.load()
+
+
 def test_cache_name_follows_source_version_and_flags(monkeypatch):
     path = compiled.library_path()
     assert path.parent == compiled.cache_dir() and path.suffix == ".so"

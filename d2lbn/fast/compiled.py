@@ -128,7 +128,10 @@ def load() -> Path:
     """Build (once per machine) and load (once per process) the operator; return the library."""
     global _loaded
     if _loaded is None:
-        path = build()
+        try:
+            path = build()
+        except OSError as e:  # e.g. a cache folder that cannot be written
+            raise CompilerError(f"cannot build the C++ batch norm in {cache_dir()}: {e}") from e
         try:
             mx.library.load(str(path), verbose=False)
         except mx.base.MXNetError as e:
