@@ -146,3 +146,21 @@ def test_float_path_reads_onednns_instruction_set_from_its_verbose_output():
     off = floatpath.float_path({"MXNET_MKLDNN_ENABLED": "0"})
     assert off["onednn"]["isa"] is None and "oneDNN off" in floatpath.describe(off)
     assert not recheck.same_path(path, off)
+
+
+def test_each_notebook_keeps_the_float_path_of_its_outputs(tmp_path):
+    avx2, sse = fake_path({"DNNL_MAX_CPU_ISA": "AVX2"}), fake_path({"DNNL_MAX_CPU_ISA": "SSE41"})
+    floatpath.write(tmp_path, avx2, notebooks=["01_a", "02_b"])
+    floatpath.write(tmp_path, sse, notebooks=["02_b"])  # a later run of 02 alone
+    assert floatpath.read(tmp_path, "01_a") == avx2 and floatpath.read(tmp_path, "02_b") == sse
+    assert floatpath.read(tmp_path) == sse and floatpath.read(tmp_path, "03_c") is None
+    assert recheck.committed_path(tmp_path, ["01_a", "03_c"]) == avx2
+    with pytest.raises(ValueError, match="different float paths"):
+        recheck.committed_path(tmp_path, ["01_a", "02_b"])
+
+
+def test_a_single_path_file_reads_as_the_last_run(tmp_path):
+    avx2 = fake_path({"DNNL_MAX_CPU_ISA": "AVX2"})
+    (tmp_path / floatpath.FILE).write_text(json.dumps(avx2))
+    assert floatpath.read(tmp_path) == avx2 and floatpath.read(tmp_path, "01_a") is None
+    assert recheck.committed_path(tmp_path, ["01_a"]) == avx2

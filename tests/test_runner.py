@@ -140,7 +140,8 @@ def test_a_run_writes_back_only_its_own_records(out, tmp_path):
     runner.run_all([nb], jobs=1)
     assert other.read_text() == "written meanwhile"
     assert json.loads((out / "runs" / "01_a.json").read_text())["seeds"] == [0, 1]
-    assert floatpath.read(out)["mxnet"] == mxnet.__version__  # the run's float path
+    assert floatpath.read(out, "01_a")["mxnet"] == mxnet.__version__  # its outputs' float path
+    assert floatpath.read(out, "09_other") is None  # not run here
 
 
 def test_notebooks_start_in_schedule_order(out, tmp_path, capsys):

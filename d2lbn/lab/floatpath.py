@@ -103,19 +103,32 @@ def describe(path: dict) -> str:
             + f"; MXNet {path['mxnet']}" + (f" ({env})" if env else ""))
 
 
-def write(folder: Path, path: dict | None = None) -> Path:
-    """Save ``path`` (by default this process's float path) as ``folder/float_path.json``."""
+def write(folder: Path, path: dict | None = None, notebooks: list[str] = ()) -> Path:
+    """Save ``path`` (by default this process's float path) in ``folder/float_path.json`` as
+    the last run's, and as the path of each of ``notebooks``, whose outputs it produced."""
     from .records import write_atomic
 
+    path = path or float_path()
+    saved = _load(Path(folder))
+    saved["last"] = path
+    saved["notebooks"].update({stem: path for stem in notebooks})
     target = Path(folder) / FILE
-    write_atomic(target, json.dumps(path or float_path(), indent=1) + "\n")
+    write_atomic(target, json.dumps(saved, indent=1, sort_keys=True) + "\n")
     return target
 
 
-def read(folder: Path) -> dict | None:
-    """The float path saved in ``folder``, or None."""
-    target = Path(folder) / FILE
-    return json.loads(target.read_text()) if target.exists() else None
+def read(folder: Path, notebook: str | None = None) -> dict | None:
+    """The float path of ``notebook``'s committed outputs, or of the last run; None if unknown."""
+    saved = _load(Path(folder))
+    return saved["notebooks"].get(notebook) if notebook else saved.get("last")
+
+
+def _load(folder: Path) -> dict:
+    target = folder / FILE
+    saved = json.loads(target.read_text()) if target.exists() else {}
+    if "cpu" in saved:  # one path, as first written: the last run's
+        saved = {"last": saved}
+    return {"notebooks": {}, **saved}
 
 
 def supported_isas(flags: list[str]) -> list[str]:

@@ -123,14 +123,24 @@ def _verdicts(path: Path) -> dict[str, str]:
         if path.exists() else {}
 
 
+def committed_path(folder: Path, stems: list[str]) -> dict | None:
+    """The float path of these notebooks' committed outputs (else of the last run), or None."""
+    known = {floatpath.describe(path): path
+             for path in (floatpath.read(folder, stem) for stem in stems) if path}
+    if len(known) > 1:
+        raise ValueError(f"these notebooks' outputs come from different float paths "
+                         f"({'; '.join(known)}): recheck them apart")
+    return next(iter(known.values()), None) or floatpath.read(folder)
+
+
 def main(argv: list[str]) -> int:
     """Re-run the notebooks on another float path; list changed claims; 1 if any failed."""
     p = parser()
     args = p.parse_args(argv)
     committed_dir = results_dir()
-    committed = floatpath.read(committed_dir)
     try:
         paths = runner.resolve(args.notebooks)
+        committed = committed_path(committed_dir, [q.stem for q in paths])
         env, path = choose(args, committed)
     except ValueError as err:
         p.error(str(err))

@@ -200,7 +200,8 @@ def run_all(paths: list[Path] | None = None, jobs: int | None = None) -> dict[st
         write_atomic(path, nbformat.writes(nb) + "\n")
     for record in sorted(produced.glob("*/*.json")):  # runs/, and claims/ if any
         write_atomic(final / record.parent.name / record.name, record.read_text())
-    floatpath.write(final)  # the kernels' instruction set and libraries: what recheck avoids
+    # The kernels' instruction set and libraries, per notebook: what recheck steers away from
+    floatpath.write(final, notebooks=[p.stem for p in executed])
     shutil.rmtree(staging)
     json_path, md_path = write_summary(wall, run if whole else None)
     print(f"[d2lbn] wrote {json_path} and {md_path}")
