@@ -35,7 +35,7 @@ import mxnet as mx
 from mxnet import autograd
 from mxnet.gluon import nn
 
-from ..functional import check_batch_norm_args
+from ..functional import WIDE_DTYPES, check_batch_norm_args
 from ..layers import BatchNormBase
 from .composed import FastBatchNorm
 
@@ -45,7 +45,6 @@ OP_NAME = "d2lbn_batch_norm"
 # build machine's instructions); the source picks AVX-512/AVX2 at load time.
 # -fopenmp-simd only reads the `omp simd` hints (vectorised double sums), no runtime
 FLAGS = ("-O3", "-shared", "-fPIC", "-std=c++17", "-fopenmp-simd")
-DTYPES = ("float32", "float64")
 
 
 class CompilerError(RuntimeError):
@@ -166,7 +165,7 @@ def batch_norm_cpp(X, gamma, beta, moving_mean, moving_var, eps, momentum):
     The operator updates the statistics in place; this function gives it copies
     and returns them, as the chapter's function returns new ones.
     """
-    check_batch_norm_args(X, gamma, beta, moving_mean, moving_var, dtypes=DTYPES)
+    check_batch_norm_args(X, gamma, beta, moving_mean, moving_var, dtypes=WIDE_DTYPES)
     load()
     moving_mean, moving_var = moving_mean.copy(), moving_var.copy()
     mode = _mode_constant(X.ctx, X.dtype, autograd.is_training())
@@ -185,7 +184,7 @@ class CompiledBatchNorm(BatchNormBase, nn.HybridBlock):
     ``compiled_batch_norm`` gives ``FastBatchNorm`` instead.
     """
 
-    dtypes = DTYPES
+    dtypes = WIDE_DTYPES
 
     def __init__(self, num_features: int, num_dims: int, eps: float = 1e-5,
                  momentum: float = 0.9, **kwargs):

@@ -21,8 +21,6 @@ from ..functional import (
 )
 from ..layers import HybridBatchNorm
 
-DTYPES = WIDE_DTYPES  # the name d2lbn.fast re-exports
-
 
 def batch_norm_fast(X, gamma, beta, moving_mean, moving_var, eps, momentum,
                     normalize="full"):
