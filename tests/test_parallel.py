@@ -129,3 +129,11 @@ def test_workers_stay_within_the_budget(tmp_path, monkeypatch):
     assert finished(lambda: parallel.run_all([task] * 4, max_workers=2)) == [False] * 4
     assert not server.try_acquire()  # the lent token came back to this process
     server.close()
+
+
+def test_environ_sets_unsets_and_restores(monkeypatch):
+    monkeypatch.setenv("D2LBN_TEST_A", "kept")
+    monkeypatch.delenv("D2LBN_TEST_B", raising=False)
+    with parallel.environ(D2LBN_TEST_A=None, D2LBN_TEST_B="set"):
+        assert "D2LBN_TEST_A" not in os.environ and os.environ["D2LBN_TEST_B"] == "set"
+    assert os.environ["D2LBN_TEST_A"] == "kept" and "D2LBN_TEST_B" not in os.environ

@@ -161,14 +161,18 @@ def _next_result(done, workers):
 
 @contextlib.contextmanager
 def environ(**values):
-    """Set environment variables for the duration of a ``with`` block (children inherit them)."""
+    """Set environment variables (None: unset) for a ``with`` block; children inherit them."""
     saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
+    _set(values)
     try:
         yield
     finally:
-        for k, v in saved.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+        _set(saved)
+
+
+def _set(values: dict) -> None:
+    for k, v in values.items():
+        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
 def _worker(payload, todo, done) -> None:

@@ -9,15 +9,14 @@ from the committed one. Exits 1 if a claim that held, or came out reversed, does
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 from . import floatpath, runner
+from .parallel import environ
 from .records import RESULTS_ENV, results_dir
 
 DECIDED = ("holds", "reversed")
@@ -60,19 +59,6 @@ def _positive(text: str) -> int:
     if value is None or value < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
     return value
-
-
-@contextlib.contextmanager
-def _environ(values: dict[str, str | None]):
-    # Like parallel.environ, but None unsets a variable for the block
-    saved = {k: os.environ.get(k) for k in values}
-    for k, v in values.items():
-        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
 def same_path(a: dict, b: dict) -> bool:
@@ -159,7 +145,7 @@ def main(argv: list[str]) -> int:
     for p in paths:
         (scratch / "notebooks").mkdir(exist_ok=True)
         copies.append(Path(shutil.copy2(p, scratch / "notebooks" / p.name)))
-    with _environ({**env, RESULTS_ENV: str(scratch / "results")}):
+    with environ(**env, **{RESULTS_ENV: str(scratch / "results")}):
         rerun_dir = results_dir()  # scratch/results, or its quick/ in quick mode
         try:  # run_all also records the re-run's float path there
             wall = runner.run_all(copies, args.jobs)

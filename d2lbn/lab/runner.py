@@ -21,6 +21,7 @@ import nbformat
 from . import floatpath, mode
 from .parallel import JOBS_ENV, JOBSERVER_ENV, JobServer, environ
 from .parallel import jobs as parallel_jobs
+from .prose import IGNORE
 from .records import RESULTS_ENV, results_dir, write_atomic, write_summary
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
@@ -29,7 +30,6 @@ VOLATILE = ("execution", "collapsed", "scrolled", "ExecuteTime")
 PROGRESS_EVERY_S = 300
 # nbval compares every output but those of cells tagged IGNORE, which carry one of
 # these tags beside it to say why their output varies
-IGNORE = "nbval-ignore-output"
 IGNORE_REASONS = {
     "varies-versions": "library versions, or the device found",
     "varies-timing": "times and throughputs",
