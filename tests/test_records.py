@@ -163,8 +163,8 @@ def test_every_record_holds_the_runs_its_notebook_printed(number):
     paths = sorted((ROOT / "results" / "runs").glob(f"{notebook.stem}*.json"))
     assert paths, f"no record is named after {notebook.name}"
     recorded = [run for path in paths for run in recorded_runs(path)]
+    named = [ln for ln in lines if ln["name"] is not None or ln["seed"] is not None]
     for run in recorded:  # each recorded run is one the notebook printed
-        named = [ln for ln in lines if ln["name"] is not None or ln["seed"] is not None]
         candidates = [ln for ln in named if (ln["name"] or "", ln["seed"]) ==
                       (run["name"], run["seed"])] or [ln for ln in lines if ln["seed"] is None]
         assert any(shows(ln, run) for ln in candidates), (notebook.stem, run)
