@@ -29,7 +29,7 @@ from ..fast import CompiledBatchNorm, FastBatchNorm, affine
 from ..functional import batch_norm
 from ..layers import HybridBatchNorm
 from ..train import accuracy, sgd_step, train_epoch
-from . import mode
+from . import floatpath, mode
 
 # LeNet variants: (norm for models.lenet, hybridize?)
 LENET = {
@@ -117,16 +117,8 @@ def _shapes(text: str) -> list[tuple[int, ...]]:
 
 def machine() -> dict:
     """What the numbers were measured on."""
-    model = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     features = mx.runtime.Features()
-    return {"cpu": model, "cores": os.cpu_count(), "mxnet": mx.__version__,
+    return {"cpu": floatpath.cpu()[0], "cores": os.cpu_count(), "mxnet": mx.__version__,
             "numpy": onp.__version__, "python": platform.python_version(),
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
             "mkldnn": features.is_enabled("MKLDNN"), "context": "cpu(0)"}
