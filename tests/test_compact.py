@@ -1,9 +1,16 @@
-"""Low-rank-plus-diagonal and Monarch whitening against float64 NumPy references."""
+"""Low-rank-plus-diagonal, Monarch and circulant whitening against float64 NumPy references."""
+
+import math
 
 import mxnet as mx
 import numpy as onp
 import pytest
-from helpers import check_hybridized_equals_imperative, param_shape
+from helpers import (
+    check_hybridized_equals_imperative,
+    check_refused,
+    numpy_batch_norm,
+    param_shape,
+)
 from mxnet import autograd, np
 from norm_refs import (
     EPS,
@@ -20,8 +27,12 @@ from norm_refs import (
 )
 
 from d2lbn.norms.compact import (
+    CirculantWhitening,
     LowRankWhitening,
     MonarchWhitening,
+    circulant_factors,
+    circulant_matrix,
+    circulant_whiten,
     cost,
     factor_init,
     lowrank_whiten,
@@ -323,6 +334,139 @@ def test_monarch_rejects_bad_state():
         MonarchWhitening(6, 2, blocks=(4, 2))
 
 
+# -- circulant times diagonal -----------------------------------------------------------------
+
+def numpy_circulant(row):
+    """The matrix with entries ``row[(b - a) % C]``, index by index."""
+    C = len(row)
+    return onp.array([[row[(b - a) % C] for b in range(C)] for a in range(C)])
+
+
+def numpy_circulant_factors(Sigma):
+    """Float64 ``(scale, row)`` by averaging the correlation's wrapped diagonals."""
+    C = len(Sigma)
+    scale = 1 / onp.sqrt(onp.diag(Sigma) + EPS)
+    R = scale[:, None] * (Sigma + EPS * onp.eye(C)) * scale[None, :]
+    c = onp.array([onp.mean([R[i, (i + k) % C] for i in range(C)]) for k in range(C)])
+    c = (c + c[-onp.arange(C) % C]) / 2
+    cos = onp.cos(2 * onp.pi * onp.outer(onp.arange(C), onp.arange(C)) / C)
+    lam = cos @ c
+    return scale, cos @ onp.maximum(lam, EPS) ** -0.5 / C
+
+
+def numpy_circulant_whiten(X, gamma, beta, mm, ms, mr, training=True):
+    """Float64 circulant whitening: ``(Y, moving_mean, moving_scale, moving_row)``."""
+    if training:
+        _, mean, Sigma = moments(X)
+        scale, row = numpy_circulant_factors(Sigma)
+        mm = MOMENTUM * mm + (1 - MOMENTUM) * mean.reshape(mm.shape)
+        ms = MOMENTUM * ms + (1 - MOMENTUM) * scale.reshape(ms.shape)
+        mr = MOMENTUM * mr + (1 - MOMENTUM) * row
+    else:
+        mean, scale, row = mm.reshape(-1), ms.reshape(-1), mr
+    return whitened(X, gamma, beta, mean, numpy_circulant(row) * scale), mm, ms, mr
+
+
+def circulant_params(shape, seed=1):
+    rng = onp.random.default_rng(seed + 30)
+    C = shape[1]
+    half = rng.normal(size=C)
+    return list(base_params(shape, seed)) + [rng.uniform(0.5, 2, size=param_shape(shape)),
+                                             (half + half[-onp.arange(C) % C]) / 2]
+
+
+def circulant_correlation(C, seed=0):
+    """A random positive-definite circulant with unit diagonal, and its eigenvalues."""
+    rng = onp.random.default_rng(seed)
+    lam = rng.uniform(0.3, 3, size=C)
+    lam = (lam + lam[-onp.arange(C) % C]) / 2
+    lam *= C / lam.sum()  # mean 1: unit diagonal
+    cos = onp.cos(2 * onp.pi * onp.outer(onp.arange(C), onp.arange(C)) / C)
+    return numpy_circulant(cos @ lam / C), lam
+
+
+CIRCULANT_NAMES = ["Y", "moving_mean", "moving_scale", "moving_row"]
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["training", "prediction"])
+@pytest.mark.parametrize("shape", SHAPES + [(32, 7), (4, 1, 3, 3)], ids=str)
+def test_circulant_matches_reference(shape, training):
+    X, args = correlated(shape), circulant_params(shape)
+    got = mx_run(circulant_whiten, [X] + args, training)
+    check_all(got, numpy_circulant_whiten(X, *args, training=training), CIRCULANT_NAMES)
+    if not training:  # the moving statistics pass through unchanged
+        for g, w in zip(got[1:], args[2:]):
+            onp.testing.assert_array_equal(g, w.astype("float32"))
+
+
+def test_one_channel_is_batch_norm():
+    X = correlated((16, 1, 3, 3))
+    gamma, beta, mm, ms, mr = circulant_params(X.shape)
+    Y, mean = mx_run(circulant_whiten, [X, gamma, beta, mm, ms, onp.ones(1)], True,
+                     dtype="float64")[:2]
+    want = numpy_batch_norm(X, gamma, beta, mm, ms, onp.zeros_like(X))
+    onp.testing.assert_allclose(Y, want[0], rtol=1e-12)
+    onp.testing.assert_allclose(mean, want[4], rtol=1e-12)
+
+
+@pytest.mark.parametrize("C", [2, 7, 8, 16])
+def test_circulant_whitens_circulant_correlations_exactly(C):
+    rng = onp.random.default_rng(C)
+    corr, lam = circulant_correlation(C)
+    s = rng.uniform(0.5, 3, size=C)
+    Sigma = s[:, None] * corr * s[None, :]
+    # eps far below float32's rounding of Sigma, so that only rounding is left
+    scale, row = circulant_factors(mx, np.array(Sigma, dtype="float32"), 1e-12, C)
+    W = (circulant_matrix(mx, row, C) * scale).asnumpy().astype("float64")
+    # float32's rounding (2^-24) of Sigma and of each of the ~C-term sums of the
+    # products, amplified by the correlation's condition number at most
+    tol = 10 * C * 2.0 ** -24 * lam.max() / lam.min()
+    assert onp.abs(W @ Sigma @ W.T - onp.eye(C)).max() < tol
+    # Only partly for a correlation that is not circulant: the wrapped diagonals'
+    # averages are right, the rest is not
+    Sigma = moments(correlated((4000, C)))[2]
+    scale, row = circulant_factors(mx, np.array(Sigma), EPS, C)
+    W = (circulant_matrix(mx, row, C) * scale).asnumpy()
+    if C > 2:  # (every symmetric 2 x 2 correlation is circulant)
+        assert onp.abs(W @ Sigma @ W.T - onp.eye(C)).max() > 0.05
+
+
+def test_whitening_matrix_is_circulant_times_diagonal():
+    C = 7
+    Sigma = moments(correlated((500, C)))[2]
+    scale, row = [a.asnumpy() for a in circulant_factors(mx, np.array(Sigma), EPS, C)]
+    want_scale, want_row = numpy_circulant_factors(Sigma)
+    onp.testing.assert_allclose(scale, want_scale, rtol=1e-12)
+    onp.testing.assert_allclose(row, want_row, rtol=1e-10, atol=1e-12)
+    onp.testing.assert_allclose(row, row[-onp.arange(C) % C], atol=1e-12)  # symmetric
+    M = circulant_matrix(mx, np.array(row), C).asnumpy()
+    onp.testing.assert_allclose(M, numpy_circulant(row), atol=1e-12)
+    # circulant: shifting rows and columns together leaves it, Z M Z^T = M
+    onp.testing.assert_allclose(onp.roll(M, 1, axis=(0, 1)), M, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(6, 4), (2, 5, 2, 2)], ids=str)
+def test_circulant_gradients_by_finite_differences(shape):
+    X, head = correlated(shape), onp.random.default_rng(5).normal(size=shape)
+    gamma, beta, mm, ms, mr = circulant_params(shape)
+    fn = lambda *a: circulant_whiten(*a, np.array(mm), np.array(ms), np.array(mr),  # noqa: E731
+                                     EPS, MOMENTUM)
+    check_gradients(fn, X, gamma, beta, head, rtol=1e-5, atol=1e-6)
+
+
+def test_circulant_rejects_bad_input():
+    X, p = np.array(correlated((8, 6))), np.ones((1, 6))
+    with pytest.raises(ValueError, match="moving_row"):
+        circulant_whiten(X, p, p, p, p, np.ones((5,)), EPS, MOMENTUM)
+    with pytest.raises(ValueError, match="moving_scale"):
+        circulant_whiten(X, p, p, p, np.ones((6,)), np.ones((6,)), EPS, MOMENTUM)
+    with pytest.raises(ValueError, match="num_dims"):
+        CirculantWhitening(6, num_dims=6)
+    layer = CirculantWhitening(6, num_dims=4)
+    layer.initialize()
+    check_refused(layer, np.array(correlated((8, 6)), dtype="float32"), "expected 4-D")
+
+
 # -- the Blocks -------------------------------------------------------------------------------
 
 def test_lowrank_block_state_and_prediction():
@@ -373,10 +517,36 @@ def test_monarch_block_state_and_prediction():
                                 **TOL32)
 
 
+def test_circulant_block_state_and_prediction():
+    layer = CirculantWhitening(6, num_dims=4)
+    layer.initialize()
+    assert repr(layer) == "CirculantWhitening(6, num_dims=4, eps=1e-05, momentum=0.9)"
+    stats = (layer.moving_mean, layer.moving_scale, layer.moving_row)
+    assert [p.shape for p in stats] == [(1, 6, 1, 1), (1, 6, 1, 1), (6,)]
+    assert {p.grad_req for p in stats} == {"null"}
+    start = [p.data().asnumpy().astype("float64") for p in stats]
+    onp.testing.assert_array_equal(start[2], onp.eye(6)[0])  # circ(e_0) = I
+    X = correlated((8, 6, 3, 3))
+    ones, zeros = onp.ones((1, 6, 1, 1)), onp.zeros((1, 6, 1, 1))
+    with autograd.record():
+        layer(np.array(X, dtype="float32"))
+    _, *want = numpy_circulant_whiten(X, ones, zeros, *start)
+    check_all([p.data().asnumpy() for p in stats], want, CIRCULANT_NAMES[1:],
+              tol=dict(rtol=1e-5, atol=1e-5))
+    # Prediction: the moving statistics, each example on its own
+    Y = layer(np.array(X, dtype="float32")).asnumpy()
+    onp.testing.assert_allclose(Y, numpy_circulant_whiten(X, ones, zeros, *want,
+                                                          training=False)[0], **TOL32)
+    onp.testing.assert_allclose(layer(np.array(X[:1], dtype="float32")).asnumpy(), Y[:1],
+                                **TOL32)
+
+
 MAKERS = {"lowrank": lambda c, d: LowRankWhitening(c, d, rank=min(2, c)),
-          "monarch": lambda c, d: MonarchWhitening(c, d)}
+          "monarch": lambda c, d: MonarchWhitening(c, d),
+          "circulant": lambda c, d: CirculantWhitening(c, num_dims=d)}
 STATS = {"lowrank": ["moving_mean", "moving_diag", "moving_factor"],
-         "monarch": ["moving_mean", "moving_right", "moving_left"]}
+         "monarch": ["moving_mean", "moving_right", "moving_left"],
+         "circulant": ["moving_mean", "moving_scale", "moving_row"]}
 
 
 @pytest.mark.parametrize("name", MAKERS)
@@ -401,3 +571,15 @@ def test_cost_counts_parameters_against_dense():
     rows = {r["num_features"]: r for r in cost(MAKERS["lowrank"])}
     assert all(r["extra_params"] == 2 * C for C, r in rows.items())  # D replaces var, U: 2C
     assert rows[6]["flops"] > 0 and rows[6]["bn_flops"] > 0
+
+
+def test_circulant_cost_by_hand():
+    rows = {r["num_features"]: r for r in cost(MAKERS["circulant"])}
+    for C, shape in [(6, (256, 6, 24, 24)), (16, (256, 16, 8, 8)), (120, (256, 120)),
+                     (84, (256, 84))]:
+        # mean, scale, row and gamma, beta against BN's mean, var, gamma, beta
+        assert rows[C]["extra_params"] == C
+        # mean and centring (2 a value), covariance and output map (2 C each a
+        # value), then four C x C products (2 C^3 each)
+        N = math.prod(shape)
+        assert rows[C]["flops"] == 2 * N + 4 * N * C + 8 * C ** 3

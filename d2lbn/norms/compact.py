@@ -7,6 +7,10 @@
   ICML 2022), block-diagonal ``R`` (m blocks of n x n) and ``L`` (n of m x m)
   for ``C = m n`` channels; exact when ``Sigma`` is a Kronecker product.
   State: ``C (m + n)`` numbers against full ZCA's ``C^2``.
+- ``circulant_whiten``: a circulant times a diagonal, a low-displacement-rank
+  matrix: the diagonal standardises each channel, the circulant whitens the
+  nearest circulant (shift-invariant) correlation matrix; exact when the
+  correlation is circulant. State: ``3 C`` numbers.
 
 ``cost`` counts what each holds and computes.
 """
@@ -216,6 +220,83 @@ def stride_permutation(m: int, n: int, dtype="float32"):
     return mx.np.swapaxes(mx.np.eye(C, dtype=dtype).reshape(m, n, C), 0, 1).reshape(C, C)
 
 
+# -- circulant times diagonal -----------------------------------------------------------------
+
+def circulant_whiten(X, gamma, beta, moving_mean, moving_scale, moving_row, eps, momentum):
+    """Whiten by ``circ(row) diag(scale)``; return ``(Y, moving_mean, moving_scale, moving_row)``.
+
+    ``moving_scale`` is the diagonal, shaped as ``moving_mean``; ``moving_row``
+    the circulant's first row, ``(C,)``, symmetric (``row[k] = row[C - k]``).
+    Mode from ``autograd.is_training()``.
+    """
+    C = X.shape[1]
+    if moving_scale.shape != moving_mean.shape or moving_row.shape != (C,):
+        raise ValueError(f"moving_scale must have moving_mean's shape {moving_mean.shape} and "
+                         f"moving_row shape ({C},), got {moving_scale.shape} and "
+                         f"{moving_row.shape}")
+    return circulant_whiten_graph(mx, X, gamma, beta, moving_mean, moving_scale, moving_row,
+                                  eps, momentum, num_features=C, num_dims=X.ndim,
+                                  training=autograd.is_training())
+
+
+def circulant_whiten_graph(F, X, gamma, beta, moving_mean, moving_scale, moving_row, eps,
+                           momentum, num_features, num_dims, training):
+    """``circulant_whiten`` for ``F`` = ``mx`` or ``mx.sym``, with sizes and mode given."""
+    C = num_features
+    if training:
+        Xc, mean, Sigma = centred_moments(F, X, C, C, num_dims)
+        scale, row = circulant_factors(F, Sigma.reshape(C, C), eps, C)
+        moving_mean = moving_average(moving_mean, F.npx.reshape_like(mean, gamma), momentum)
+        moving_scale = moving_average(moving_scale, F.npx.reshape_like(scale, gamma), momentum)
+        moving_row = moving_average(moving_row, row, momentum)
+    else:
+        # As Monarch's: each factor is averaged on its own
+        Xc, mean, scale, row = (None, moving_mean.reshape(-1), moving_scale.reshape(-1),
+                                moving_row)
+    # (C, C) times (C,) scales the columns: circ(row) diag(scale)
+    W = circulant_matrix(F, row, C) * scale
+    return _apply(F, X, Xc, W, mean, gamma, beta, C, num_dims), \
+        moving_mean, moving_scale, moving_row
+
+
+def circulant_factors(F, Sigma, eps, C):
+    """``(scale, row)``: ``circ(row)`` whitens the nearest circulant to ``Sigma``'s correlation."""
+    # eps on Sigma, as BN's: the correlation D (Sigma + eps I) D has a unit
+    # diagonal, and one channel gives BN's 1 / sqrt(var + eps)
+    diag = F.np.diag(Sigma)
+    scale = 1.0 / F.np.sqrt(diag + eps)
+    I = F.np.diag(F.np.ones_like(diag))
+    R = (Sigma + eps * I) * F.np.expand_dims(scale, 1) * F.np.expand_dims(scale, 0)
+    # The nearest circulant averages R's wrapped diagonals, c_k = mean_a R[a, a + k];
+    # its eigenvalues sum_k c_k cos(2 pi j k / C) = (Cos^T R Cos + Sin^T R Sin)_jj / C
+    # (cos(x - y) expanded), products only. cos is even, so they come out of
+    # the symmetrised c_k, and lam_j = lam_{C - j}
+    Cos, Sin = fourier_basis(F, diag, C)
+    lam = ((F.np.dot(R, Cos) * Cos).sum(axis=0) + (F.np.dot(R, Sin) * Sin).sum(axis=0)) / C
+    # An average of shifted copies of the positive-definite R: lam > 0 but for
+    # rounding, which the floor catches
+    row = F.np.dot(Cos, 1.0 / F.np.sqrt(F.np.maximum(lam, eps))) / C
+    return scale, row
+
+
+def circulant_matrix(F, row, C):
+    """The ``(C, C)`` circulant with the symmetric first ``row``: ``M[a, b] = row[(b - a) % C]``."""
+    # Its eigenvalues are Cos row; M = (Cos diag(mu) Cos + Sin diag(mu) Sin) / C,
+    # the real Fourier basis, as cos(2 pi j (b - a) / C) expands
+    Cos, Sin = fourier_basis(F, row, C)
+    mu = F.np.dot(Cos, row)
+    return (F.np.dot(Cos * mu, Cos) + F.np.dot(Sin * mu, Sin)) / C
+
+
+def fourier_basis(F, like, C):
+    """``cos`` and ``sin`` of ``2 pi j k / C``, ``(C, C)`` each, in ``like``'s dtype."""
+    # (from the data, to have its dtype in a graph; j k reduced mod C first, exactly,
+    # so that float32 takes the cosine of an angle below 2 pi, not of one near 740)
+    k = F.npx.arange_like(like, axis=0)
+    angle = (2 * math.pi / C) * F.np.mod(F.np.expand_dims(k, 1) * F.np.expand_dims(k, 0), C)
+    return F.np.cos(angle), F.np.sin(angle)
+
+
 # -- the Blocks -------------------------------------------------------------------------------
 
 class LowRankWhitening(HybridBatchNorm):
@@ -291,6 +372,32 @@ class MonarchWhitening(HybridBatchNorm):
                 + 4 * C * C * n + C * C)
 
 
+class CirculantWhitening(HybridBatchNorm):
+    """``circulant_whiten`` as a Block: a circulant times a diagonal, moving scale and row."""
+
+    dtypes = WIDE_DTYPES
+    static_graph = True
+    stats = ("moving_mean", "moving_scale", "moving_row")
+
+    def __init__(self, num_features: int, num_dims: int, eps: float = 1e-5,
+                 momentum: float = 0.9, **kwargs):
+        super().__init__(num_features, num_dims, eps=eps, momentum=momentum, **kwargs)
+        self._add_state("moving_scale", self.moving_mean.shape, init.One())
+        # circ(e_0) = I
+        self._add_state("moving_row", (num_features,),
+                        init.Constant(onp.eye(num_features)[0]))
+
+    def hybrid_forward(self, F, X, gamma, beta, moving_mean, moving_scale, moving_row):
+        return circulant_whiten_graph(F, X, gamma, beta, moving_mean, moving_scale, moving_row,
+                                      self.eps, self.momentum, num_features=self.num_features,
+                                      num_dims=self.num_dims, training=self._traced_training)
+
+    def flops(self, shape) -> int:
+        """Leading-order floating-point operations of a training-mode forward pass on ``shape``."""
+        # two C x C products for the eigenvalues, two for the circulant
+        return _whitening_flops(shape) + 8 * self.num_features ** 3
+
+
 # -- what they cost ---------------------------------------------------------------------------
 
 # The inputs of the chapter's LeNet's four BN layers at batch 256
@@ -341,8 +448,10 @@ def cost(factory, shapes=LENET_SHAPES) -> list[dict]:
     return rows
 
 
-__all__ = ["LENET_SHAPES", "LowRankWhitening", "MonarchWhitening", "bn_flops", "cost",
-           "layer_flops",
-           "factor_init", "lowrank_factor", "lowrank_whiten", "lowrank_whiten_graph",
+__all__ = ["CirculantWhitening", "LENET_SHAPES", "LowRankWhitening", "MonarchWhitening",
+           "bn_flops", "cost", "layer_flops",
+           "circulant_factors", "circulant_matrix", "circulant_whiten", "circulant_whiten_graph",
+           "factor_init", "fourier_basis", "lowrank_factor", "lowrank_whiten",
+           "lowrank_whiten_graph",
            "monarch_blocks", "monarch_matrix", "monarch_whiten", "monarch_whiten_graph",
            "stride_permutation", "woodbury_whitening"]
