@@ -179,13 +179,38 @@ def test_figure_draws_each_claim_with_its_interval(out):
     fig = claims.figure("nb")
     assert len(fig.axes) == 4
     right = fig.axes[1]
-    assert right.get_title(loc="left") == "BN − none: holds"
+    assert right.get_xlabel() == "BN − none: holds"
     c = claims.load("nb")[0]
     # The interval's bar spans low to high
     segments = [seg for coll in right.collections for seg in getattr(coll, "get_segments",
                                                                       list)()]
     xs = sorted(x for seg in segments for x, _ in seg)
     assert (xs[0], xs[-1]) == pytest.approx((c.low, c.high))
+
+
+def test_figure_texts_do_not_overlap(out):
+    claims.claim("a claim long enough to run on past the left panel of its row, as a notebook's do",
+                 A, B,
+                 names=("BN", "none"), metric="test_acc")
+    claims.claim("another long claim under it, with a metric of its own and a margin as well",
+                 B, A,
+                 names=("none", "BN"), metric="loss")
+    fig = claims.figure("nb")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+
+    def shown(ax):  # the tick labels drawn: those inside the axis' limits
+        low, high = sorted(ax.get_xlim())
+        return [t for t in ax.get_xticklabels() if low <= t.get_position()[0] <= high]
+
+    texts = [t for ax in fig.axes
+             for t in (ax.title, ax._left_title, ax.xaxis.label, *shown(ax),
+                       *ax.get_yticklabels())
+             if t.get_text() and t.get_visible()]
+    boxes = [t.get_window_extent(renderer) for t in texts]
+    for i, a in enumerate(boxes):
+        for j in range(i):
+            assert not a.overlaps(boxes[j]), (texts[i].get_text(), texts[j].get_text())
 
 
 def test_epoch_axes_have_whole_number_ticks():

@@ -271,8 +271,8 @@ COLORS = {"holds": "tab:green", "reversed": "tab:red"}
 
 def figure(notebook: str | None = None, claims: list[Claim] | None = None):
     """A notebook's claims at a glance: per claim, each seed's values of a and b (left),
-    and the difference a − b with its 95% interval (right, green holds, red reversed,
-    grey undecided; dots: per-seed differences when paired)."""
+    and the difference a − b with its 95% interval and verdict (right, green holds, red
+    reversed, grey undecided; dots: per-seed differences when paired)."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
@@ -280,7 +280,7 @@ def figure(notebook: str | None = None, claims: list[Claim] | None = None):
         claims = load(notebook or _current)
     if not claims:
         raise ValueError("no claims to draw")
-    fig, axes = plt.subplots(len(claims), 2, figsize=(9, 1.15 * len(claims) + 0.4),
+    fig, axes = plt.subplots(len(claims), 2, figsize=(9, 1.3 * len(claims) + 0.4),
                              squeeze=False)
     for (left, right), c in zip(axes, claims):
         color = COLORS.get(c.verdict, "tab:gray")
@@ -290,7 +290,9 @@ def figure(notebook: str | None = None, claims: list[Claim] | None = None):
         left.scatter(c.a, [1] * len(c.a), color="tab:blue", s=18, zorder=2)
         left.scatter(c.b, [0] * len(c.b), color="tab:orange", s=18, zorder=2)
         left.set(yticks=[0, 1], yticklabels=[c.names[1], c.names[0]], ylim=(-0.6, 1.6))
-        left.set_title(c.text, fontsize="small", loc="left")
+        # The claim heads its row: it may run on above the right panel, which has no
+        # title, so it stays out of the layout instead of squeezing the panels
+        left.set_title(c.text, fontsize="small", loc="left").set_in_layout(False)
         if c.metric:
             left.set_xlabel(c.metric, fontsize="small")
         if c.paired and len(c.a) > 1:
@@ -305,11 +307,11 @@ def figure(notebook: str | None = None, claims: list[Claim] | None = None):
             right.axvspan(-c.within, c.within, color="tab:green", alpha=0.1)
         right.axvline(0, color="black", lw=0.8, ls="--")
         right.set(yticks=[], ylim=(-1, 1))
-        right.set_title(f"{c.names[0]} − {c.names[1]}: {c.verdict}", fontsize="small",
-                        loc="left", color=color)
+        right.set_xlabel(f"{c.names[0]} − {c.names[1]}: {c.verdict}", fontsize="small",
+                         color=color)
         for ax in (left, right):
             ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
             ax.grid(alpha=0.3, axis="x")
             ax.tick_params(labelsize="small")
-    fig.tight_layout()
+    fig.tight_layout(w_pad=3)  # room between the panels' outer tick labels
     return fig
