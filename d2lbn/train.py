@@ -152,7 +152,7 @@ def train(net, train_iter, test_iter, num_epochs: int, lr: float,
     devices = _devices(device)
     trainer = prepare(net, devices, seed, hybridize,
                       lambda params: gluon.Trainer(params, "sgd", {"learning_rate": lr}))
-    history = History(lr=lr, batch_size=_batch_size(train_iter), num_epochs=num_epochs,
+    history = History(lr=lr, batch_size=batch_size_of(train_iter), num_epochs=num_epochs,
                       seed=seed, device=", ".join(str(d) for d in devices))
     return fit(net, trainer, train_iter, test_iter, devices, history)
 
@@ -259,8 +259,8 @@ def step_batches(train_iter, num_steps: int, device: mx.Context):
             raise ValueError("train_iter gave no batches")
 
 
-def _batch_size(data_iter) -> int:
-    # Gluon's DataLoader keeps it on its batch sampler; other iterables: 0 (unknown)
+def batch_size_of(data_iter) -> int:
+    """The batch size of a Gluon ``DataLoader``; 0 (unknown) for other iterables."""
     return getattr(getattr(data_iter, "_batch_sampler", None), "_batch_size", 0)
 
 

@@ -24,6 +24,12 @@ def test_two_epochs_learn_and_repeat(norm):
     assert (runs[0].num_epochs, runs[0].batch_size, runs[0].device) == (2, 32, "cpu(0)")
 
 
+def test_batch_size_of_reads_a_data_loader_and_knows_when_it_cannot():
+    train_iter, _ = synthetic_iters()
+    assert train.batch_size_of(train_iter) == 32
+    assert train.batch_size_of(list(train_iter)) == 0
+
+
 def test_other_seed_gives_other_history():
     train_iter, test_iter = synthetic_iters()
     a, b = (train.train(models.lenet("gluon"), train_iter, test_iter, 1, 1.0, seed=s)

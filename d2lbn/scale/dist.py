@@ -190,7 +190,7 @@ def _train_worker(norm, sync_bn, train_iter, test_iter, num_epochs, lr, seed, hy
     net = lenet(norm, sync_bn)
     devices = [mx.cpu()]
     trainer = training.prepare(net, devices, seed, hybridize, lambda ps: trainer_for(ps, lr))
-    history = training.History(lr=lr, batch_size=training._batch_size(train_iter),
+    history = training.History(lr=lr, batch_size=training.batch_size_of(train_iter),
                                num_epochs=num_epochs, seed=seed,
                                device=f"{kv.num_workers} workers x {devices[0]}")
 
