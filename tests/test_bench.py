@@ -3,7 +3,9 @@
 import argparse
 
 import mxnet as mx
+import numpy as onp
 import pytest
+from mxnet import autograd, np
 
 from d2lbn.lab import bench
 
@@ -35,3 +37,24 @@ def test_markdown_holds_the_tables_and_what_each_variant_is():
     md = bench.markdown(result)
     assert "a CPU, 2 cores" in md and "- **loop**: two loops" in md
     assert "150 examples/s against 100 reading every batch: 1.50x (per round 1.40-1.60)" in md
+
+
+
+def test_the_call_floor_is_one_recorded_forward_and_backward():
+    X = np.array(onp.arange(6.0).reshape(2, 3), dtype="float32")
+    head = np.array(onp.full((2, 3), 0.5), dtype="float32")
+    X.attach_grad()
+    forward = bench._call_forward(X)
+    with autograd.record():
+        Y = forward()
+    Y.backward(head)
+    assert (Y == X).all() and (X.grad == head).all()  # X * 1: the head passes through
+
+
+def test_ops_table_shows_the_call_floor_per_shape():
+    rows = [{"shape": [8, 3], "variant": v, "fwd_bwd_ms": 2.0, "floor_ms": 0.01,
+             "call_ms": 0.125, "conv1x1_ms": None} for v in bench.OP_VARIANTS]
+    text = bench.table({"copy_gbps": 1.0, "machine": {"cpu": "c", "cores": 1}, "lenet": [],
+                        "ops": rows})
+    header, row = text.splitlines()[-2:]
+    assert header.split()[-3:] == ["call", "1x1", "conv"] and row.split()[-2:] == ["0.125", "-"]

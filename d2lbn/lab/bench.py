@@ -62,7 +62,10 @@ DESCRIPTIONS = {
            "CompiledBatchNorm hybridized; gluon: "
            "npx.batch_norm (fused), imperative; gluon_hybrid: nn.BatchNorm hybridized; "
            "floor_ms: float32 bytes read and written (X, Y forward; X, dY, dX backward) at the "
-           "copy bandwidth; conv1x1_ms (4-D shapes): one 1x1 convolution forward and backward, "
+           "copy bandwidth; call_ms: one recorded call of a hybridized block holding one "
+           "elementwise operator (X * 1), forward and backward: the fixed cost every BN "
+           "layer in a graph pays before its own arithmetic; conv1x1_ms (4-D shapes): one "
+           "1x1 convolution forward and backward, "
            "the fastest general kernel that scales each channel, which any BN built from "
            "general operations needs at least once; conv_ms, conv_bn_ms (4-D shapes; "
            "scratch_cpp and gluon_hybrid): a 1x1 convolution C -> C (oneDNN, whose output "
@@ -262,6 +265,8 @@ def _op_step(variant: str, shape, ctx: mx.Context):
     X.attach_grad()
     if variant == "conv1x1":
         forward = _conv1x1_forward(X)
+    elif variant == "call":
+        forward = _call_forward(X)
     elif variant in AFTER_CONV:
         forward = _conv_then(AFTER_CONV[variant], X)
     elif variant in ("scratch", "gluon"):
@@ -316,6 +321,22 @@ def _conv_then(norm, X):
     return lambda: net(X)
 
 
+class _Scale(nn.HybridBlock):
+    """``X * 1``: one elementwise operator, forward and backward, and nothing else."""
+
+    def hybrid_forward(self, F, X):
+        return X * 1.0
+
+
+def _call_forward(X):
+    """One recorded call of a hybridized block with a single elementwise operator."""
+    # What any BN layer in a graph pays per call before its own arithmetic: the
+    # cached graph's invocation, the recorded backward, one pass each way
+    block = _Scale()
+    block.hybridize(static_alloc=True, static_shape=True)  # as CompiledBatchNorm does
+    return lambda: block(X)
+
+
 def _conv1x1_forward(X):
     """One per-channel affine map of ``X`` as ``fast`` computes it (a 1x1 convolution)."""
     # Any BN built from general operations scales every channel of the whole
@@ -335,7 +356,8 @@ def bench_ops(args, ctx: mx.Context, copy_gbps: float, log=print) -> list[dict]:
     for shape in args.shapes:
         size = int(onp.prod(shape))
         floor_ms = size * BYTES_PER_ELEMENT / (copy_gbps * 1e9) * 1e3
-        variants = OP_VARIANTS + (["conv1x1", *AFTER_CONV] if len(shape) == 4 else [])
+        variants = OP_VARIANTS + ["call"] + (["conv1x1", *AFTER_CONV] if len(shape) == 4
+                                             else [])
         steps = {v: _op_step(v, shape, ctx) for v in variants}
         # The book's layer takes seconds on the large shape: fewer repetitions,
         # within a time budget per implementation (smaller in quick mode)
@@ -358,7 +380,8 @@ def bench_ops(args, ctx: mx.Context, copy_gbps: float, log=print) -> list[dict]:
         ms = {v: statistics.median(times[v]) * 1e3 for v in steps}
         for variant in OP_VARIANTS:
             out.append({"shape": list(shape), "variant": variant, "fwd_bwd_ms": ms[variant],
-                        "floor_ms": floor_ms, "conv1x1_ms": ms.get("conv1x1"),
+                        "floor_ms": floor_ms, "call_ms": ms["call"],
+                        "conv1x1_ms": ms.get("conv1x1"),
                         "conv_ms": ms.get("conv"), "conv_bn_ms": ms.get(f"conv+{variant}"),
                         "reps": len(times[variant])})
             log(f"  {'x'.join(map(str, shape)):>12s} {variant:>13s}: {ms[variant]:9.3f} ms "
@@ -422,17 +445,19 @@ def table(result: dict) -> str:
     if shapes:
         ms = {(tuple(r["shape"]), r["variant"]): r for r in result["ops"]}
         lines.append("forward+backward ms (median); floor = bytes moved / copy bandwidth; "
-                     "1x1 conv = one per-channel map, the least a BN from general ops does")
+                     "call = a recorded call of one elementwise op, the least a BN layer in a "
+                     "graph pays; 1x1 conv = one per-channel map, the least a BN from general "
+                     "ops does")
         lines.append(f"{'shape':18s}" + "".join(f"{v:>16s}" for v in OP_VARIANTS)
-                     + f"{'floor':>10s}{'1x1 conv':>10s}")
+                     + f"{'floor':>10s}{'call':>10s}{'1x1 conv':>10s}")
         for s in shapes:
             row = [ms.get((tuple(s), v)) for v in OP_VARIANTS]
             first = next(r for r in row if r)
-            conv = first.get("conv1x1_ms")
+            conv, call = first.get("conv1x1_ms"), first.get("call_ms")
             lines.append(f"{'x'.join(map(str, s)):18s}"
                          + "".join(f"{r['fwd_bwd_ms']:16.3f}" if r else f"{'-':>16s}"
                                    for r in row) + f"{first['floor_ms']:10.3g}"
-                         + (f"{conv:10.3f}" if conv else f"{'-':>10s}"))
+                         + "".join(f"{t:10.3f}" if t else f"{'-':>10s}" for t in (call, conv)))
         lines += _after_conv_table(shapes, ms)
     if "loop" in result:
         loop = result["loop"]
