@@ -6,6 +6,11 @@ import itertools
 import re
 from pathlib import Path
 
+import nbformat
+from test_prose import NOT_YET_REWRITTEN
+
+from d2lbn.lab import prose
+
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 NOTEBOOK_ROW = re.compile(r"^\| (\d\d) \| \[[^\]]+\]\((notebooks/[^)]+\.ipynb)\) \|", re.MULTILINE)
@@ -41,3 +46,19 @@ def test_every_notebook_has_a_row():
 def test_no_figure_that_a_run_rewrites():
     # Wall times live in results/summary.md, which every run rewrites, not in this text
     assert not re.search(r"\d+ s of notebooks|took \d+ min|\| \d+ s \|$", README, re.MULTILINE)
+
+
+def test_notebook_rows_quote_only_figures_their_notebook_shows():
+    # The row of a notebook rewritten around claims follows its prose's rule: a figure a
+    # re-run would change (one only an ignored output shows) stays out
+    missing = []
+    for line in README.splitlines():
+        row = NOTEBOOK_ROW.match(line)
+        if row:
+            nb = nbformat.read(ROOT / row.group(2), as_version=4)
+            numbers = prose.printed_numbers(nb, compared_only=row.group(1) not in
+                                            NOT_YET_REWRITTEN)
+            missing += [f"{row.group(1)}: {figure}"
+                        for figure in prose.prose_figures(line.split("|", 3)[3])
+                        if not prose.shown(figure, numbers)]
+    assert missing == []
