@@ -39,7 +39,6 @@ def test_markdown_holds_the_tables_and_what_each_variant_is():
     assert "150 examples/s against 100 reading every batch: 1.50x (per round 1.40-1.60)" in md
 
 
-
 def test_the_call_floor_is_one_recorded_forward_and_backward():
     X = np.array(onp.arange(6.0).reshape(2, 3), dtype="float32")
     head = np.array(onp.full((2, 3), 0.5), dtype="float32")

@@ -59,6 +59,5 @@ def test_notebook_rows_quote_only_figures_their_notebook_shows():
             numbers = prose.printed_numbers(nb, compared_only=row.group(1) not in
                                             NOT_YET_REWRITTEN)
             missing += [f"{row.group(1)}: {figure}"
-                        for figure in prose.prose_figures(line.split("|", 3)[3])
-                        if not prose.shown(figure, numbers)]
+                        for figure in prose.unshown(line.split("|", 3)[3], numbers)]
     assert missing == []

@@ -55,15 +55,14 @@ def shown(figure: str, numbers: list[float]) -> bool:
     return any(abs(n - value) <= tolerance for n in numbers)
 
 
+def unshown(markdown: str, numbers: list[float]) -> list[str]:
+    """The figures of ``markdown`` that none of ``numbers`` shows."""
+    return [figure for figure in prose_figures(markdown) if not shown(figure, numbers)]
+
+
 def unprinted(nb, compared_only: bool = True) -> list[str]:
     """The figures in the markdown cells of ``nb`` that neither its code nor an output shows
     (an output nbval compares, with ``compared_only``), with their cell."""
     numbers = printed_numbers(nb, compared_only)
-    missing = []
-    for i, cell in enumerate(nb.cells):
-        if cell.cell_type != "markdown":
-            continue
-        for figure in prose_figures(cell.source):
-            if not shown(figure, numbers):
-                missing.append(f"cell {i}: {figure}")
-    return missing
+    return [f"cell {i}: {figure}" for i, cell in enumerate(nb.cells)
+            if cell.cell_type == "markdown" for figure in unshown(cell.source, numbers)]
