@@ -24,7 +24,8 @@ BAD = [
     (["train", "--workers", "1", "--sync-bn"], "--sync-bn needs --workers 2 or more"),
     (["train", "--epochs", "3"], "unrecognized arguments: --epochs 3"),
     (["recheck", "12", "--isa", "AVX3"], "argument --isa: invalid choice: 'AVX3'"),
-    (["recheck", "12", "--jobs", "0"], "argument --jobs/-j: must be"),
+    (["recheck", "12", "--jobs", "0"], "argument --jobs/-j: must be at least 1, got 0"),
+    (["recheck", "12", "--jobs", "two"], "argument --jobs/-j: not a whole number: 'two'"),
     (["recheck"], "the following arguments are required: notebooks"),
     (["recheck", "99"], "no such notebook: 99"),
 ]

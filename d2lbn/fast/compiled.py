@@ -170,7 +170,7 @@ def batch_norm_cpp(X, gamma, beta, moving_mean, moving_var, eps, momentum):
     moving_mean, moving_var = moving_mean.copy(), moving_var.copy()
     mode = _mode_constant(X.ctx, X.dtype, autograd.is_training())
     args = [a.as_nd_ndarray() for a in (X, gamma, beta, moving_mean, moving_var)]
-    Y = getattr(mx.nd, OP_NAME)(*args[:3], mode, *args[3:], eps=eps, momentum=momentum)[0]
+    Y = getattr(mx.nd, OP_NAME)(*args[:3], mode, *args[3:], eps=eps, momentum=momentum)
     return Y.as_np_ndarray(), moving_mean, moving_var
 
 
@@ -191,6 +191,7 @@ class CompiledBatchNorm(BatchNormBase, nn.HybridBlock):
         load()
         super().__init__(**kwargs)
         self._setup(num_features, num_dims, eps, momentum, "full")
+        self._checked = None  # what forward last checked
 
     def hybridize(self, active=True, **kwargs):
         # Buffers kept between calls: a tenth off a small call's fixed cost; another
@@ -200,13 +201,20 @@ class CompiledBatchNorm(BatchNormBase, nn.HybridBlock):
         super().hybridize(active, **kwargs)
 
     def forward(self, X):
-        for p in (self.gamma, self.beta):
-            if p.grad_req == "add":
-                raise ValueError(f"{p.name}: grad_req='add' is not supported (MXNet's "
-                                 "extension API does not tell the operator to add): use "
-                                 "'write' and sum the gradients yourself")
-        if not isinstance(X, mx.sym.Symbol):  # (in a graph MXNet checks the shapes)
-            self._check(X)
+        symbol = isinstance(X, mx.sym.Symbol)  # (in a graph MXNet checks the shapes)
+        # A call's fixed cost is most of a small layer's time: what the checks
+        # depend on is read once per call, and each new combination checked once
+        key = None if symbol else (X.shape, X.dtype, autograd.is_training(), self.gamma.dtype,
+                                   self.gamma.grad_req, self.beta.grad_req)
+        if symbol or key != self._checked:
+            for p in (self.gamma, self.beta):
+                if p.grad_req == "add":
+                    raise ValueError(f"{p.name}: grad_req='add' is not supported (MXNet's "
+                                     "extension API does not tell the operator to add): use "
+                                     "'write' and sum the gradients yourself")
+            if not symbol:
+                self._check(X)
+                self._checked = key
         return super().forward(X)
 
     def hybrid_forward(self, F, X, gamma, beta, moving_mean, moving_var):
@@ -217,8 +225,7 @@ class CompiledBatchNorm(BatchNormBase, nn.HybridBlock):
         # NumPy-interface arrays in, the legacy operator namespace that the library fills
         args = [a.as_nd_ndarray() for a in (X, gamma, beta)] + [mode] + [
             a.as_nd_ndarray() for a in (moving_mean, moving_var)]
-        out = getattr(F, OP_NAME)(*args, eps=self.eps, momentum=self.momentum)
-        return out[0].as_np_ndarray()
+        return getattr(F, OP_NAME)(*args, eps=self.eps, momentum=self.momentum).as_np_ndarray()
 
 
 def compiled_batch_norm(num_features: int, num_dims: int, **kwargs) -> nn.HybridBlock:

@@ -48,7 +48,8 @@ LOOPS = {"read_every_batch": "hybridize(), each batch's loss and accuracy read a
          "train_loop": "train.train's loop: hybridize(static_alloc=True, static_shape=True), "
                        "sums kept on the device and read once"}
 DESCRIPTIONS = {
-    "lenet": "LeNet with BN before each sigmoid, SGD, synthetic Fashion-MNIST-shaped batches; "
+    "lenet": "LeNet with BN before each sigmoid, SGD in train.train's loop, synthetic "
+             "Fashion-MNIST-shaped batches; "
              "scratch: d2lbn.BatchNorm; scratch_hybrid: d2lbn.HybridBatchNorm (the same math, "
              "compiled), each layer hybridized; scratch_fast: d2lbn.fast.FastBatchNorm, each "
              "layer hybridized; scratch_cpp: d2lbn.fast.CompiledBatchNorm (C++), the whole net "
@@ -163,19 +164,14 @@ def _lenet(variant: str, ctx: mx.Context):
     net = models.lenet(norm)
     net.initialize(init.Xavier(), ctx=ctx)
     if hybridize:
-        net.hybridize()
+        net.hybridize(static_alloc=True, static_shape=True)  # as train.train does
     trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.9})
     return net, trainer
 
 
-def _train_batches(net, trainer, loss, batches, count: int) -> float:
-    """Train on ``count`` batches as ``train.train`` does; return the seconds taken."""
-    tic = time.perf_counter()
-    for i in range(count):
-        l, _ = sgd_step(net, trainer, loss, *batches[i % len(batches)])
-        # float() waits for the step, as in train.train, so the timer sees the work
-        float(l.sum())
-    return time.perf_counter() - tic
+def _train_batches(net, trainer, batches, count: int, ctx: mx.Context) -> float:
+    """Train on ``count`` batches with ``train.train``'s loop; return the seconds taken."""
+    return train_epoch(net, trainer, [batches[i % len(batches)] for i in range(count)], [ctx])[3]
 
 
 def synthetic_batches(batch_size: int, ctx: mx.Context, n: int = 4) -> list:
@@ -197,9 +193,9 @@ def _loop_net(loop: str, ctx: mx.Context):
 
 def _loop_round(loop: str, net, trainer, batches, count: int, ctx: mx.Context) -> float:
     """Seconds for ``count`` training steps with ``loop``'s bookkeeping."""
-    window = [batches[i % len(batches)] for i in range(count)]
     if loop == "train_loop":
-        return train_epoch(net, trainer, window, [ctx])[3]
+        return _train_batches(net, trainer, batches, count, ctx)
+    window = [batches[i % len(batches)] for i in range(count)]
     loss = gluon.loss.SoftmaxCrossEntropyLoss()
     tic = time.perf_counter()
     loss_sum = correct = 0.0
@@ -233,16 +229,15 @@ def bench_loop(args, ctx: mx.Context, batches, log=print) -> dict:
 def bench_lenet(args, ctx: mx.Context, log=print) -> list[dict]:
     """Examples/s of LeNet training per variant over ``args.batches`` batches."""
     batches = synthetic_batches(args.batch_size, ctx)
-    loss = gluon.loss.SoftmaxCrossEntropyLoss()
     runs = {v: _lenet(v, ctx) for v in args.variants}
     for net, trainer in runs.values():
-        _train_batches(net, trainer, loss, batches, args.warmup)
+        _train_batches(net, trainer, batches, args.warmup, ctx)
     per_round = [args.batches // args.rounds + (r < args.batches % args.rounds)
                  for r in range(args.rounds)]
     secs = {v: [] for v in runs}
     for count in per_round:
         for v, (net, trainer) in runs.items():  # rounds alternate the variants
-            secs[v].append(_train_batches(net, trainer, loss, batches, count))
+            secs[v].append(_train_batches(net, trainer, batches, count, ctx))
     done = sum(per_round)
     out = [{"variant": v, "examples_per_sec": done * args.batch_size / sum(secs[v]),
             "batches": done,

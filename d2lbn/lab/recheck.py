@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from . import floatpath, runner
+from .argtypes import at_least
 from .parallel import environ
 from .records import RESULTS_ENV, results_dir
 
@@ -47,18 +48,11 @@ def parser() -> argparse.ArgumentParser:
                            "one other than the committed run's")
     path.add_argument("--no-onednn", action="store_true",
                       help="turn oneDNN off (MXNET_MKLDNN_ENABLED=0)")
-    p.add_argument("--jobs", "-j", type=_positive, default=None,
+    p.add_argument("--jobs", "-j", type=at_least(1), default=None,
                    help="processes at once (default: the cores)")
     p.add_argument("--out", type=Path, default=None,
                    help="scratch folder for the re-run (default: a new one in results/.tmp)")
     return p
-
-
-def _positive(text: str) -> int:
-    value = int(text) if text.lstrip("-").isdigit() else None
-    if value is None or value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
-    return value
 
 
 def same_path(a: dict, b: dict) -> bool:
