@@ -97,7 +97,8 @@ def test_notebook_block_moves_its_statistics_to_the_input_device():
 
 @pytest.mark.parametrize("stem,norm", [("02_lenet_batch_norm_scratch", "scratch"),
                                        ("03_lenet_batch_norm_concise", "gluon"),
-                                       ("07_exercise_bn_every_layer", "gluon")])
+                                       ("07_exercise_bn_every_layer", "gluon"),
+                                       ("14_practice_bn_dropout_order", "gluon")])
 def test_notebook_lenet_is_the_package_lenet(stem, norm):
     X = np.array(onp.random.default_rng(0).normal(size=(4, 1, 28, 28)), dtype="float32")
     outputs = []
