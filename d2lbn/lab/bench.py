@@ -64,8 +64,9 @@ DESCRIPTIONS = {
            "npx.batch_norm (fused), imperative; gluon_hybrid: nn.BatchNorm hybridized; "
            "floor_ms: float32 bytes read and written (X, Y forward; X, dY, dX backward) at the "
            "copy bandwidth; call_ms: one recorded call of a hybridized block holding one "
-           "elementwise operator (X * 1), forward and backward: the fixed cost every BN "
-           "layer in a graph pays before its own arithmetic; conv1x1_ms (4-D shapes): one "
+           "elementwise operator (X * 1), forward and backward: on a small array, the fixed "
+           "cost every BN layer in a graph pays before its own arithmetic (on a large one, "
+           "MXNet's elementwise pass over the array counts too); conv1x1_ms (4-D shapes): one "
            "1x1 convolution forward and backward, "
            "the fastest general kernel that scales each channel, which any BN built from "
            "general operations needs at least once; conv_ms, conv_bn_ms (4-D shapes; "
@@ -325,8 +326,9 @@ class _Scale(nn.HybridBlock):
 
 def _call_forward(X):
     """One recorded call of a hybridized block with a single elementwise operator."""
-    # What any BN layer in a graph pays per call before its own arithmetic: the
-    # cached graph's invocation, the recorded backward, one pass each way
+    # On a small array, what any BN layer in a graph pays per call before its own
+    # arithmetic: the cached graph's invocation, the recorded backward, one pass each
+    # way (on a large array, MXNet's elementwise pass over it counts too)
     block = _Scale()
     block.hybridize(static_alloc=True, static_shape=True)  # as CompiledBatchNorm does
     return lambda: block(X)
@@ -440,9 +442,9 @@ def table(result: dict) -> str:
     if shapes:
         ms = {(tuple(r["shape"]), r["variant"]): r for r in result["ops"]}
         lines.append("forward+backward ms (median); floor = bytes moved / copy bandwidth; "
-                     "call = a recorded call of one elementwise op, the least a BN layer in a "
-                     "graph pays; 1x1 conv = one per-channel map, the least a BN from general "
-                     "ops does")
+                     "call = a recorded call of one elementwise op, on a small array the fixed "
+                     "cost a BN layer in a graph pays; 1x1 conv = one per-channel map, the least "
+                     "a BN from general ops does")
         lines.append(f"{'shape':18s}" + "".join(f"{v:>16s}" for v in OP_VARIANTS)
                      + f"{'floor':>10s}{'call':>10s}{'1x1 conv':>10s}")
         for s in shapes:
