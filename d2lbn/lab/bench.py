@@ -160,14 +160,21 @@ def _timed(fn) -> float:
 
 
 # --------------------------------------------------------------------------- LeNet
-def _lenet(variant: str, ctx: mx.Context):
-    norm, hybridize = LENET[variant]
+STATIC = dict(static_alloc=True, static_shape=True)  # as train.train hybridizes
+
+
+def _net_and_trainer(norm, ctx: mx.Context, hybridize: dict | None):
+    """LeNet with ``norm`` on ``ctx``, hybridized with ``hybridize`` unless None, and its SGD."""
     net = models.lenet(norm)
     net.initialize(init.Xavier(), ctx=ctx)
-    if hybridize:
-        net.hybridize(static_alloc=True, static_shape=True)  # as train.train does
-    trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.9})
-    return net, trainer
+    if hybridize is not None:
+        net.hybridize(**hybridize)
+    return net, gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.9})
+
+
+def _lenet(variant: str, ctx: mx.Context):
+    norm, hybridize = LENET[variant]
+    return _net_and_trainer(norm, ctx, STATIC if hybridize else None)
 
 
 def _train_batches(net, trainer, batches, count: int, ctx: mx.Context) -> float:
@@ -185,11 +192,7 @@ def synthetic_batches(batch_size: int, ctx: mx.Context, n: int = 4) -> list:
 
 
 def _loop_net(loop: str, ctx: mx.Context):
-    net = models.lenet("gluon")
-    net.initialize(init.Xavier(), ctx=ctx)
-    net.hybridize(**({} if loop == "read_every_batch" else
-                     dict(static_alloc=True, static_shape=True)))
-    return net, gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.9})
+    return _net_and_trainer("gluon", ctx, {} if loop == "read_every_batch" else STATIC)
 
 
 def _loop_round(loop: str, net, trainer, batches, count: int, ctx: mx.Context) -> float:
@@ -330,7 +333,7 @@ def _call_forward(X):
     # arithmetic: the cached graph's invocation, the recorded backward, one pass each
     # way (on a large array, MXNet's elementwise pass over it counts too)
     block = _Scale()
-    block.hybridize(static_alloc=True, static_shape=True)  # as CompiledBatchNorm does
+    block.hybridize(**STATIC)  # as CompiledBatchNorm does
     return lambda: block(X)
 
 
