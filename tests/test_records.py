@@ -27,17 +27,24 @@ def test_record_load_and_summary(out):
     runs = [history(0, 0.8), history(1, 0.9)]
     records.record("02_x", runs)
     assert records.load("02_x", out) == runs
-    json_path, md_path = records.write_summary({"02_x": 12.34, "01_y": 5.0})
+    json_path, md_path = records.write_summary({"02_x": 12.34, "01_y": 5.0},
+                                               cpu_s={"02_x": 1500.0})
     entry = json.loads(json_path.read_text())["notebooks"]["02_x"]
     assert entry["seeds"] == [0, 1] and entry["train_acc"] == [0.8, 0.9]
     assert entry["wall_s"] == 12.3 and entry["epochs"] == 2 and entry["device"] == "cpu(0)"
+    assert entry["cpu_s"] == 1500.0 and "cpu_s" not in json.loads(json_path.read_text())[
+        "notebooks"]["01_y"]
     assert "runs" not in entry
     md = md_path.read_text()
-    assert "| `02_x` | 12 s | 0, 1 | 2 | 1 | 256 | cpu(0) |" in md
+    assert "| `02_x` | 12 s | 25 min | 0, 1 | 2 | 1 | 256 | cpu(0) |" in md
     assert "0.850 ± 0.071" in md  # train acc over the two seeds
-    assert "| `01_y` | 5 s |" in md
+    assert "| `01_y` | 5 s | – |" in md
+    assert "CPU time recorded for 1 of 2 notebooks: 25 core-minutes in all." in md
     _, md_path = records.write_summary({}, run={"notebooks": 2, "jobs": 2, "wall_s": 600})
-    assert "all 2 notebooks took 10 min with 2 processes at a time (0 min" in md_path.read_text()
+    md = md_path.read_text()
+    assert "run, of 2 notebooks, took 10 min with 2 processes at a time (0 min" in md
+    # a later partial run without a CPU figure keeps the one recorded before
+    assert "| `02_x` | 12 s | 25 min |" in md
     records.write_summary({"01_y": 6.0})  # a partial run keeps the whole run's figure
     assert json.loads(json_path.read_text())["run"]["wall_s"] == 600
 

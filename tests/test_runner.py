@@ -103,6 +103,32 @@ def test_run_all_replaces_only_after_success(out, tmp_path):
     assert summary["notebooks"]["01_good"]["wall_s"] == round(wall["01_good"], 1)
 
 
+BUSY = """
+import subprocess, sys
+spin = "import time\\nwhile time.process_time() < 1.5: pass"
+subprocess.run([sys.executable, "-c", spin], check=True)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_cpu_time_counts_the_processes_a_notebook_waited_for(out, tmp_path):
+    busy = write_notebook(tmp_path / "01_busy.ipynb", BUSY)
+    _, wall, cpu = runner.execute(busy)
+    # the child's 1.5 s beside the kernel's own (an idle kernel's whole life is well under 1 s)
+    assert cpu >= 1.5
+    runner.run_all([busy], jobs=1)
+    assert json.loads((out / "summary.json").read_text())["notebooks"]["01_busy"]["cpu_s"] >= 1.5
+
+
+def test_cpu_s_reads_proc_stat_fields_14_to_17(tmp_path, monkeypatch):
+    stat = "42 (a (b) c) S " + " ".join(str(v) for v in range(4, 14)) + " 100 20 3 4 5 6"
+    real = Path.read_text
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: stat if str(self) ==
+                        "/proc/42/stat" else real(self, *a, **k))
+    monkeypatch.setattr(runner.os, "sysconf", lambda name: 100)
+    assert runner.cpu_s(42) == pytest.approx((100 + 20 + 3 + 4) / 100)
+
+
 TRAIN = """
 from mxnet import np
 from d2lbn import lab, models, train

@@ -132,12 +132,14 @@ def compare(groups: dict[str, list[History]], book: dict[str, dict] | None = Non
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
-def write_summary(wall_s: dict[str, float], run: dict | None = None) -> tuple[Path, Path]:
-    """Write ``summary.json`` and ``summary.md`` from the recorded runs and wall times.
+def write_summary(wall_s: dict[str, float], run: dict | None = None,
+                  cpu_s: dict[str, float] | None = None) -> tuple[Path, Path]:
+    """Write ``summary.json`` and ``summary.md`` from the recorded runs, wall and CPU times.
 
     Notebooks not in ``wall_s`` keep their entries from the previous summary; so
     does the whole run's figure (``run``: its wall time and processes) unless given.
     """
+    cpu_s = cpu_s or {}
     out = results_dir()
     json_path, md_path = out / "summary.json", out / "summary.md"
     previous = json.loads(json_path.read_text()) if json_path.exists() else {}
@@ -147,6 +149,8 @@ def write_summary(wall_s: dict[str, float], run: dict | None = None) -> tuple[Pa
         entry = json.loads(path.read_text()) if path.exists() else {}
         entry.pop("runs", None)
         notebooks[stem] = {**entry, "wall_s": round(wall_s[stem], 1)}
+        if stem in cpu_s:
+            notebooks[stem]["cpu_s"] = round(cpu_s[stem], 1)
     summary = {"mode": mode.name(), "notebooks": dict(sorted(notebooks.items()))}
     if run or "run" in previous:
         summary["run"] = run or previous["run"]
@@ -157,19 +161,26 @@ def write_summary(wall_s: dict[str, float], run: dict | None = None) -> tuple[Pa
 
 def summary_markdown(summary: dict) -> str:
     """The summary as a Markdown table: one row per notebook."""
+    notebooks = summary["notebooks"]
     lines = [f"# Results ({summary['mode']} run)", "",
-             "Final-epoch figures, mean ± sd over seeds; wall time of the whole notebook.", ""]
+             "Final-epoch figures, mean ± sd over seeds; wall time of the whole notebook, and its "
+             "CPU time (its kernel's and its workers': the core-time it cost).", ""]
     if "run" in summary:
         r = summary["run"]
         # fsum: the same total on every Python (3.12's sum() compensates, 3.11's does not)
-        total = math.fsum(e["wall_s"] for e in summary["notebooks"].values())
-        lines += [f"The last run of all {r['notebooks']} notebooks took {r['wall_s'] / 60:.0f} min "
-                  f"with {r['jobs']} processes at a time ({total / 60:.0f} min of notebook wall "
-                  "time in all).", ""]
-    lines += ["| notebook | wall time | seeds | epochs | lr | batch | device | loss | train acc "
-              "| test acc | examples/s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for stem, e in summary["notebooks"].items():
-        cells = [f"`{stem}`", f"{e['wall_s']:.0f} s"]
+        total = math.fsum(e["wall_s"] for e in notebooks.values())
+        lines += [f"The last whole run, of {r['notebooks']} notebooks, took "
+                  f"{r['wall_s'] / 60:.0f} min with {r['jobs']} processes at a time "
+                  f"({total / 60:.0f} min of notebook wall time in all).", ""]
+    timed = [e["cpu_s"] for e in notebooks.values() if "cpu_s" in e]
+    if timed:
+        lines += [f"CPU time recorded for {len(timed)} of {len(notebooks)} notebooks: "
+                  f"{math.fsum(timed) / 60:.0f} core-minutes in all.", ""]
+    lines += ["| notebook | wall time | CPU time | seeds | epochs | lr | batch | device | loss "
+              "| train acc | test acc | examples/s |", "|---" * 12 + "|"]
+    for stem, e in notebooks.items():
+        cpu = f"{e['cpu_s'] / 60:.0f} min" if "cpu_s" in e else "–"
+        cells = [f"`{stem}`", f"{e['wall_s']:.0f} s", cpu]
         if "groups" in e:
             # A sweep: its settings' figures are in runs/<stem>.json and the notebook
             lrs = sorted({g["lr"] for g in e["groups"].values()})

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import shutil
 import signal
 import statistics
@@ -147,20 +148,37 @@ def estimate_left(running: dict[str, float], pending: list[str], wall: dict[str,
     return max(slots, default=0.0)
 
 
+def cpu_s(pid: int) -> float | None:
+    """CPU seconds a process and its children it has waited for have used (None off Linux)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # proc(5): utime, stime, cutime, cstime are fields 14-17; the name (field 2) may hold spaces
+    fields = stat.rsplit(")", 1)[1].split()
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
 async def execute_async(path: Path, timeout: int = 7200):
-    """Run a notebook top to bottom in its folder; return it and its wall time."""
+    """Run a notebook top to bottom in its folder; return it, its wall time and CPU time.
+
+    The CPU time is the kernel's and that of every process it started and joined (a
+    sweep's workers), read after each cell: the core-seconds the notebook cost.
+    """
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}})
+    used = {}
+    client.on_cell_executed = lambda **_: used.update(s=cpu_s(client.km.provisioner.pid))
     tic = time.perf_counter()
     try:
         await client.async_execute()
     except BaseException as err:
         err.nb = nb  # the partly executed notebook, for the caller to keep
         raise
-    return nb, time.perf_counter() - tic
+    return nb, time.perf_counter() - tic, used.get("s")
 
 
 def execute(path: Path, timeout: int = 7200):
@@ -191,9 +209,11 @@ def run_all(paths: list[Path] | None = None, jobs: int | None = None) -> dict[st
     try:
         with environ(**env):
             produced = results_dir()  # where the kernels' records land: staging(/quick)
-            tic = time.perf_counter()
-            executed, wall = asyncio.run(_run(paths, jobs, server, staging, recorded))
+            tic, before = time.perf_counter(), _children_cpu_s()
+            executed, wall, cpu = asyncio.run(_run(paths, jobs, server, staging, recorded))
         run = {"notebooks": len(paths), "jobs": jobs, "wall_s": round(time.perf_counter() - tic)}
+        if before is not None:
+            run["cpu_s"] = round(_children_cpu_s() - before)
     finally:
         server.close()
     for path, nb in executed.items():
@@ -203,7 +223,7 @@ def run_all(paths: list[Path] | None = None, jobs: int | None = None) -> dict[st
     # The kernels' instruction set and libraries, per notebook: what recheck steers away from
     floatpath.write(final, notebooks=[p.stem for p in executed])
     shutil.rmtree(staging)
-    json_path, md_path = write_summary(wall, run if whole else None)
+    json_path, md_path = write_summary(wall, run if whole else None, cpu_s=cpu)
     print(f"[d2lbn] wrote {json_path} and {md_path}")
     return wall
 
@@ -215,7 +235,7 @@ async def _run(paths, jobs, server, staging, recorded):
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, main.cancel)
     order = schedule(paths, recorded)
-    executed, wall, started, failed = {}, {}, {}, []
+    executed, wall, cpu, started, failed = {}, {}, {}, {}, []
     finished = asyncio.Event()
     t0 = time.perf_counter()
 
@@ -241,7 +261,7 @@ async def _run(paths, jobs, server, staging, recorded):
         started[path.stem] = time.perf_counter()
         progress(f"started {path.name}")
         try:
-            nb, seconds = await execute_async(path)
+            nb, seconds, cpu_seconds = await execute_async(path)
             strip(nb)
             stamp(nb)
             trouble = [p for p in problems(nb) if "quick run" not in p]
@@ -249,6 +269,8 @@ async def _run(paths, jobs, server, staging, recorded):
                 raise RuntimeError(f"ran but is not clean: {trouble}")
             nbformat.write(nb, str(staging / path.name))
             executed[path], wall[path.stem] = nb, seconds
+            if cpu_seconds is not None:
+                cpu[path.stem] = cpu_seconds
             progress(f"finished {path.name} in {seconds:.0f} s")
         except Exception as err:
             nb = getattr(err, "nb", None)
@@ -285,7 +307,17 @@ async def _run(paths, jobs, server, staging, recorded):
     if failed:
         raise RuntimeError(f"failed: {'; '.join(failed)}. Nothing was replaced; executed "
                            f"copies and partial runs are in {staging}")
-    return executed, wall
+    return executed, wall, cpu
+
+
+def _children_cpu_s() -> float | None:
+    # The kernels, once shut down and waited for, and whatever they waited for in turn
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _mkdir(path: Path) -> Path:
