@@ -471,6 +471,6 @@ def _worker_main(run: Path) -> int:
 if __name__ == "__main__":
     # Through the imported module, not this __main__ copy of it: the job's
     # functions live there and must share its one kvstore
-    from d2lbn import dist
+    from d2lbn.scale import dist
 
     sys.exit(dist._worker_main(Path(sys.argv[1])))
