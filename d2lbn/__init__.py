@@ -5,11 +5,8 @@ from mxnet import npx
 # The book's MXNet code uses the NumPy interface; so does every helper here
 npx.set_np()
 
-from ._aliases import install as _install_aliases  # noqa: E402
 from .functional import batch_norm  # noqa: E402
 from .layers import BatchNorm, HybridBatchNorm  # noqa: E402
-
-_install_aliases()
 
 __all__ = ["BatchNorm", "HybridBatchNorm", "batch_norm"]
 __version__ = "0.1.0"
