@@ -40,9 +40,11 @@ def test_record_load_and_summary(out):
     assert "0.850 ± 0.071" in md  # train acc over the two seeds
     assert "| `01_y` | 5 s | – |" in md
     assert "CPU time recorded for 1 of 2 notebooks: 25 core-minutes in all." in md
-    _, md_path = records.write_summary({}, run={"notebooks": 2, "jobs": 2, "wall_s": 600})
+    _, md_path = records.write_summary({}, run={"notebooks": 2, "jobs": 2, "wall_s": 600,
+                                                "cpu_s": 1080})
     md = md_path.read_text()
     assert "run, of 2 notebooks, took 10 min with 2 processes at a time (0 min" in md
+    assert "in all, 18 core-minutes)." in md
     # a later partial run without a CPU figure keeps the one recorded before
     assert "| `02_x` | 12 s | 25 min |" in md
     records.write_summary({"01_y": 6.0})  # a partial run keeps the whole run's figure

@@ -169,9 +169,10 @@ def summary_markdown(summary: dict) -> str:
         r = summary["run"]
         # fsum: the same total on every Python (3.12's sum() compensates, 3.11's does not)
         total = math.fsum(e["wall_s"] for e in notebooks.values())
+        cost = f", {r['cpu_s'] / 60:.0f} core-minutes" if "cpu_s" in r else ""
         lines += [f"The last whole run, of {r['notebooks']} notebooks, took "
                   f"{r['wall_s'] / 60:.0f} min with {r['jobs']} processes at a time "
-                  f"({total / 60:.0f} min of notebook wall time in all).", ""]
+                  f"({total / 60:.0f} min of notebook wall time in all{cost}).", ""]
     timed = [e["cpu_s"] for e in notebooks.values() if "cpu_s" in e]
     if timed:
         lines += [f"CPU time recorded for {len(timed)} of {len(notebooks)} notebooks: "
