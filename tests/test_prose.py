@@ -46,7 +46,7 @@ def test_a_figure_only_an_ignored_output_shows_is_run_dependent():
 # Notebooks whose prose still quotes figures of their own runs: each leaves this list when it
 # is rewritten around printed claims and re-run (issue 22); until then, their figures must at
 # least be printed by some output of theirs
-NOT_YET_REWRITTEN = {"02", "06"}
+NOT_YET_REWRITTEN = {"02"}
 
 
 @pytest.mark.parametrize("path", runner.notebooks(), ids=lambda p: p.stem[:2])
