@@ -14,16 +14,13 @@ def is_batch_norm(layer) -> bool:
     return isinstance(layer, (nn.BatchNorm, BatchNormBase))
 
 
-def running_stats(bn, any_normalize: bool = False):
+def running_stats(bn):
     """``(mean, var, eps)`` a BN layer uses in prediction mode (mean, var: its Parameters).
 
     d2lbn's lite forms (``normalize="mean"``, ``"var"``, ``"rms"``) predict with the same
-    two statistics; ``any_normalize=True`` accepts them too (re-estimating them is the
-    same), while what needs the full form's formula (folding) keeps the default.
+    two statistics, so they have them too.
     """
     if isinstance(bn, BatchNormBase):
-        if bn.normalize != "full" and not any_normalize:
-            raise ValueError(f"expected full batch norm, not normalize={bn.normalize!r}")
         return bn.moving_mean, bn.moving_var, bn.eps
     if isinstance(bn, nn.BatchNorm):
         return bn.running_mean, bn.running_var, bn._kwargs["eps"]
@@ -61,7 +58,7 @@ def precise_bn_stats(net, data_iter, num_batches: int | None = None, device=None
             raise ValueError("data_iter gave no batches")
         mean = sums[0] / count
         var = onp.maximum(sums[1] / count - onp.square(mean), 0.0)
-        mean_param, var_param, _ = running_stats(layers[i], any_normalize=True)
+        mean_param, var_param, _ = running_stats(layers[i])
         for param, value in ((mean_param, mean), (var_param, var)):
             param.set_data(np.array(value.reshape(param.shape), dtype=param.dtype))
     return len(positions)
@@ -76,12 +73,11 @@ def moving_stats_error(net, data_iter, num_batches: int | None = None, device=No
     variance than prediction does); the net is left as it was.
     """
     bns = [layer for layer in net if is_batch_norm(layer)]
-    saved = [[p.data().copy() for p in running_stats(bn, any_normalize=True)[:2]]
-             for bn in bns]
+    saved = [[p.data().copy() for p in running_stats(bn)[:2]] for bn in bns]
     precise_bn_stats(net, data_iter, num_batches, device)
     errors = {"mean": [], "var": [], "var_ratio": []}
     for bn, (moving_mean, moving_var) in zip(bns, saved):
-        mean_param, var_param, _ = running_stats(bn, any_normalize=True)
+        mean_param, var_param, _ = running_stats(bn)
         mean, var = mean_param.data().asnumpy(), var_param.data().asnumpy()
         errors["mean"].append(float((abs(moving_mean.asnumpy() - mean) / onp.sqrt(var)).mean()))
         errors["var"].append(float(abs(moving_var.asnumpy() / var - 1).mean()))

@@ -10,6 +10,9 @@ from .bnstats import is_batch_norm, running_stats
 
 def bn_affine(bn):
     """BN in prediction mode as ``scale * x + shift`` per channel: ``(scale, shift)``."""
+    normalize = getattr(bn, "normalize", "full")  # the lite forms follow other formulas
+    if normalize != "full":
+        raise ValueError(f"expected full batch norm, not normalize={normalize!r}")
     mean, var, eps = running_stats(bn)
     mean, var = mean.data(), var.data()
     scale = bn.gamma.data().reshape(-1) / np.sqrt(var.reshape(-1) + eps)
