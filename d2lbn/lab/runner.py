@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -209,11 +210,11 @@ def run_all(paths: list[Path] | None = None, jobs: int | None = None) -> dict[st
     try:
         with environ(**env):
             produced = results_dir()  # where the kernels' records land: staging(/quick)
-            tic, before = time.perf_counter(), _children_cpu_s()
+            tic = time.perf_counter()
             executed, wall, cpu = asyncio.run(_run(paths, jobs, server, staging, recorded))
         run = {"notebooks": len(paths), "jobs": jobs, "wall_s": round(time.perf_counter() - tic)}
-        if before is not None:
-            run["cpu_s"] = round(_children_cpu_s() - before)
+        if len(cpu) == len(wall):  # every notebook measured (Linux)
+            run["cpu_s"] = round(math.fsum(cpu.values()))
     finally:
         server.close()
     for path, nb in executed.items():
@@ -308,16 +309,6 @@ async def _run(paths, jobs, server, staging, recorded):
         raise RuntimeError(f"failed: {'; '.join(failed)}. Nothing was replaced; executed "
                            f"copies and partial runs are in {staging}")
     return executed, wall, cpu
-
-
-def _children_cpu_s() -> float | None:
-    # The kernels, once shut down and waited for, and whatever they waited for in turn
-    try:
-        import resource
-    except ImportError:  # Windows
-        return None
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def _mkdir(path: Path) -> Path:
