@@ -7,7 +7,7 @@ from helpers import batch, train_steps
 from mxnet import autograd, np
 from mxnet.gluon import nn
 
-from d2lbn import models
+from d2lbn import models, train
 from d2lbn.analysis import bnstats, fold
 
 
@@ -101,3 +101,16 @@ def test_moving_stats_error_measures_and_restores():
     bnstats.precise_bn_stats(net, [(X, None)])
     exact = bnstats.moving_stats_error(net, [(X, None)])
     assert max(exact["mean"]) < 1e-4 and max(exact["var"]) < 1e-4
+
+
+@pytest.mark.parametrize("norm", ["gluon", "scratch", None])
+def test_precise_accuracy_scores_as_training_mode_on_the_batch_it_re_estimated(norm):
+    # Labelled with the net's own training-mode predictions, the batch scores 1 exactly when
+    # prediction normalises with its statistics; the moving averages score it lower
+    net = trained(norm, hybridize=norm == "gluon")
+    X = batch((64, 1, 28, 28), seed=6)
+    with autograd.train_mode():
+        y = np.array(net(X).asnumpy().argmax(axis=1), dtype="int32")
+    before = train.evaluate_accuracy(net, [(X, y)])
+    assert (before == 1.0) == (norm is None)
+    assert bnstats.precise_accuracy(net, [(X, y)], [(X, y)]) == 1.0

@@ -6,6 +6,7 @@ import numpy as onp
 from mxnet import autograd, np
 from mxnet.gluon import nn
 
+from .. import train
 from ..layers import BatchNormBase
 
 
@@ -62,6 +63,14 @@ def precise_bn_stats(net, data_iter, num_batches: int | None = None, device=None
         for param, value in ((mean_param, mean), (var_param, var)):
             param.set_data(np.array(value.reshape(param.shape), dtype=param.dtype))
     return len(positions)
+
+
+def precise_accuracy(net, train_iter, test_iter, num_batches: int | None = 50) -> float:
+    """Test accuracy with precise statistics over ``num_batches`` of ``train_iter``, which the
+    net keeps; a net without BN has none to re-estimate and is scored as it is."""
+    if any(is_batch_norm(layer) for layer in net):
+        precise_bn_stats(net, train_iter, num_batches)
+    return train.evaluate_accuracy(net, test_iter)
 
 
 def moving_stats_error(net, data_iter, num_batches: int | None = None, device=None) -> dict:
