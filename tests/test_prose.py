@@ -39,17 +39,10 @@ def test_a_figure_only_an_ignored_output_shows_is_run_dependent():
     assert prose.unprinted(nb) == []
     nb.cells[0].metadata["tags"] = [runner.IGNORE, "varies-full-run"]
     assert prose.unprinted(nb) == ["cell 1: 0.847"]
-    assert prose.unprinted(nb, compared_only=False) == []
     assert prose.IGNORE == runner.IGNORE
-
-
-# Notebooks whose prose still quotes figures of their own runs: each leaves this list when it
-# is rewritten around printed claims and re-run (issue 22); until then, their figures must at
-# least be printed by some output of theirs
-NOT_YET_REWRITTEN = {"02"}
 
 
 @pytest.mark.parametrize("path", runner.notebooks(), ids=lambda p: p.stem[:2])
 def test_committed_prose_quotes_only_figures_any_rerun_shows(path):
     nb = nbformat.read(path, as_version=4)
-    assert prose.unprinted(nb, compared_only=path.stem[:2] not in NOT_YET_REWRITTEN) == []
+    assert prose.unprinted(nb) == []

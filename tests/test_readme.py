@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import nbformat
-from test_prose import NOT_YET_REWRITTEN
 
 from d2lbn.lab import prose
 
@@ -49,15 +48,14 @@ def test_no_figure_that_a_run_rewrites():
 
 
 def test_notebook_rows_quote_only_figures_their_notebook_shows():
-    # The row of a notebook rewritten around claims follows its prose's rule: a figure a
-    # re-run would change (one only an ignored output shows) stays out
+    # A row follows its notebook's prose rule: a figure a re-run would change (one only an
+    # ignored output shows) stays out
     missing = []
     for line in README.splitlines():
         row = NOTEBOOK_ROW.match(line)
         if row:
             nb = nbformat.read(ROOT / row.group(2), as_version=4)
-            numbers = prose.printed_numbers(nb, compared_only=row.group(1) not in
-                                            NOT_YET_REWRITTEN)
+            numbers = prose.printed_numbers(nb)
             missing += [f"{row.group(1)}: {figure}"
                         for figure in prose.unshown(line.split("|", 3)[3], numbers)]
     assert missing == []

@@ -26,15 +26,14 @@ def prose_figures(markdown: str) -> list[str]:
     return [m.group(0) for m in DECIMAL.finditer(text)]
 
 
-def printed_numbers(nb, compared_only: bool = True) -> list[float]:
-    """Every number in a notebook's code and in the text outputs that nbval compares
-    (``compared_only``), or in all of them."""
+def printed_numbers(nb) -> list[float]:
+    """Every number in a notebook's code and in the text outputs that nbval compares."""
     texts = []
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
         texts.append(cell.source)
-        if compared_only and IGNORE in cell.metadata.get("tags", []):
+        if IGNORE in cell.metadata.get("tags", []):
             continue  # its output varies from run to run
         for out in cell.get("outputs", []):
             texts.append(out.get("text", ""))
@@ -60,9 +59,9 @@ def unshown(markdown: str, numbers: list[float]) -> list[str]:
     return [figure for figure in prose_figures(markdown) if not shown(figure, numbers)]
 
 
-def unprinted(nb, compared_only: bool = True) -> list[str]:
-    """The figures in the markdown cells of ``nb`` that neither its code nor an output shows
-    (an output nbval compares, with ``compared_only``), with their cell."""
-    numbers = printed_numbers(nb, compared_only)
+def unprinted(nb) -> list[str]:
+    """The figures in the markdown cells of ``nb`` that neither its code nor an output nbval
+    compares shows, with their cell."""
+    numbers = printed_numbers(nb)
     return [f"cell {i}: {figure}" for i, cell in enumerate(nb.cells)
             if cell.cell_type == "markdown" for figure in unshown(cell.source, numbers)]
