@@ -111,15 +111,19 @@ def test_changes_lists_every_other_verdict_and_fails_only_decided_ones(tmp_path)
         (folder / "claims" / "nb.json").write_text(json.dumps(
             [{"text": t, "verdict": v} for t, v in verdicts.items()]))
 
+    fast, gone_fast = "Timing, this CPU: a is faster", "Timing, this CPU: b is faster"
     save(tmp_path / "old", {"h": "holds", "r": "reversed", "u": "undecided with 2 seeds",
-                            "same": "holds", "gone": "holds"})
+                            "same": "holds", "gone": "holds", fast: "holds", gone_fast: "holds"})
     save(tmp_path / "new", {"h": "reversed", "r": "undecided with 2 seeds", "u": "holds",
-                            "same": "holds", "added": "holds"})
+                            "same": "holds", "added": "holds", fast: "undecided with 9 seeds"})
     found, count = recheck.changes(tmp_path / "old", tmp_path / "new", ["nb"])
-    assert count == 6
+    assert count == 8
+    # A timing claim measures the machine's load, not the float path: listed, never failing,
+    # unless the re-run no longer makes it
     assert [(c.text, c.committed, c.rerun, c.fails()) for c in found] == [
         ("h", "holds", "reversed", True), ("r", "reversed", "undecided with 2 seeds", True),
         ("u", "undecided with 2 seeds", "holds", False), ("gone", "holds", "absent", True),
+        (fast, "holds", "undecided with 9 seeds", False), (gone_fast, "holds", "absent", True),
         ("added", "absent", "holds", False)]
 
 

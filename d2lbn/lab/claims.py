@@ -22,6 +22,9 @@ from pathlib import Path
 from .records import results_dir, write_atomic
 
 LEVEL = 0.95
+# How a timing claim's text starts: it measures this machine under its load at the time,
+# which a re-run on another float path does not reproduce (recheck lists it, fails on none)
+TIMING = "Timing, "
 _current: str | None = None
 
 
