@@ -46,3 +46,15 @@ def test_a_figure_only_an_ignored_output_shows_is_run_dependent():
 def test_committed_prose_quotes_only_figures_any_rerun_shows(path):
     nb = nbformat.read(path, as_version=4)
     assert prose.unprinted(nb) == []
+
+
+@pytest.mark.parametrize("path", [p for p in runner.notebooks()
+                                  if "_exercise_" in p.stem or "_practice_" in p.stem],
+                         ids=lambda p: p.stem[:2])
+def test_exercises_open_with_a_short_answer(path):
+    # Issue 22: the question, then an answer of at most 100 words that a student can take away
+    opening = [c.source for c in nbformat.read(path, as_version=4).cells[:3]
+               if c.cell_type == "markdown" and "**Short answer.**" in c.source]
+    assert opening, "no **Short answer.** in the first three cells"
+    answer = opening[0].split("**Short answer.**")[1].split("\n\n")[0]
+    assert len(answer.split()) <= 100
